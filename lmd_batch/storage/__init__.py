@@ -1,0 +1,1 @@
+"""Storage: the only code that knows paths on storage (run folder, markers, caches)."""
