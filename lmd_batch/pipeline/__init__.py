@@ -1,0 +1,1 @@
+"""Ray orchestration: stages as plug-ins, shard scheduling, resume from markers."""

@@ -1,0 +1,1 @@
+"""Prompt input: reading prompt files, planning shards, checking rows."""
