@@ -1,0 +1,1 @@
+"""Stage-1 layout text: parsing and normalising LLM layout completions without ever evaluating them."""
