@@ -522,6 +522,19 @@ def test_changed_input_file_is_refused(tmp_path):
     assert "one more" in Results(job).prompts
 
 
+def test_run_killed_between_manifest_and_run_json_is_planned_again(tmp_path):
+    """What a driver SIGKILLed while planning leaves: manifest/ and a temporary run.json."""
+    prompts = _five_prompts(tmp_path)
+    job = make_job(tmp_path, prompts)
+    root = Path(job.run.url)
+    (root / "manifest").mkdir(parents=True)
+    (root / "manifest" / "shards.parquet").write_bytes(b"PAR1 half")
+    (root / ".tmp-123-abcd1234-run.json").write_bytes(b'{"format"')
+    assert ingest(job)["pending"] == 3
+    assert not list(root.glob(".tmp-*"))
+    assert "prompt 1" in Results(job).prompts
+
+
 def test_foreign_run_folder_is_refused(tmp_path):
     prompts = _five_prompts(tmp_path)
     job = make_job(tmp_path, prompts)

@@ -43,11 +43,23 @@ def _job(folder: Path, prompts: Path, run: Path) -> Path:
     return job
 
 
-def _cli(job: Path, **kw):
+def _cli(job: Path):
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")
+    # stderr to a file, not a pipe nobody reads while polling (a full pipe would stall the driver).
+    log = open(job.with_suffix(".log"), "w+b")
     # Own session, so that the Ray agents a SIGKILLed driver leaves behind can be reaped (killpg).
-    return subprocess.Popen([sys.executable, "-m", "lmd_batch.cli", "run", str(job)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True, **kw)
+    p = subprocess.Popen([sys.executable, "-m", "lmd_batch.cli", "run", str(job)], env=env,
+                         stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+    p.log = log
+    return p
+
+
+def _stderr(p) -> str:
+    p.wait()
+    p.log.seek(0)
+    text = p.log.read().decode(errors="replace")
+    p.log.close()
+    return text[-3000:]
 
 
 def _reap(p) -> None:
@@ -79,8 +91,8 @@ def test_sigkill_during_ingest_then_resume_is_byte_identical(tmp_path):
 
     reference = tmp_path / "reference"
     p = _cli(_job(tmp_path, prompts, reference))
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err.decode()[-3000:]
+    err = _stderr(p)
+    assert p.returncode == 0, err
     assert _done(reference) == total
 
     run = tmp_path / "killed"
@@ -99,14 +111,16 @@ def test_sigkill_during_ingest_then_resume_is_byte_identical(tmp_path):
             p.send_signal(signal.SIGKILL)  # the driver only, as a crash would
             p.wait()
             kills += 1
+        err = _stderr(p)
+        assert kills > point or p.returncode == 0, f"resume {point} failed by itself: {err}"
         _reap(p)
         assert _done(run) < total or p.returncode == 0
     assert kills >= 4, "the run finished before most kill points; the test did not interrupt it"
     assert _done(run) < total, "no interruption left work to resume"
 
     p = _cli(job)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err.decode()[-3000:]
+    err = _stderr(p)
+    assert p.returncode == 0, err
     assert _done(run) == total
 
     ref_files, run_files = _files(reference), _files(run)

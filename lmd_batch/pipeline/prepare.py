@@ -72,6 +72,7 @@ def prepare_run(job, new_run: bool = False, log=print):
         if foreign:
             raise RunFolderError(f"{run.url} is not empty ({', '.join(foreign[:5])}) and is not an lmd-batch run; "
                                  f"choose another run folder")
+        run.remove_stale_temp_files()  # a planning run killed before run.json was written
         manifest = plan_shards(job.input.prompts, job.input.format, job.input.storage_options,
                                         job.input.shard_rows)
         import pyarrow as pa

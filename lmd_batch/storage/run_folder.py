@@ -122,8 +122,12 @@ class RunFolder:
         return sha256(self.loc.read_bytes(MANIFEST))
 
     def foreign_entries(self) -> list[str]:
-        """Top-level entries that a half-planned lmd-batch run would not have."""
-        return [n for n in self.loc.list_names("") if n not in ("manifest", RUN_JSON)]
+        """Top-level entries that a half-planned lmd-batch run would not have.
+
+        A driver killed while planning leaves `manifest/` and maybe a temporary run.json
+        (`.tmp-*`) but no run.json: that folder is ours and is planned again on the next run.
+        """
+        return [n for n in self.loc.list_names("") if n not in ("manifest", RUN_JSON) and not n.startswith(".tmp-")]
 
     def remove_stale_temp_files(self) -> int:
         """Delete temporary files a killed local writer left behind (object stores have none)."""
