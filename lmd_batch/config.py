@@ -110,7 +110,8 @@ class RayConfig(Section):
 class LLMConfig(Section):
     """Stage 1 (prompt -> layout) settings. LMD's defaults: temperature 0.25, stop on a blank line."""
 
-    not_in_fingerprint = frozenset({"url", "api_key_env", "concurrency", "timeout_s", "retries", "replicas"})
+    not_in_fingerprint = frozenset({"url", "api_key_env", "concurrency", "timeout_s", "retries", "replicas",
+                                    "replica_gpus", "python", "startup_timeout_s", "max_model_len"})
 
     model: str = Field("smollm2-135m", description="Built-in name, Hugging Face id, local folder or fsspec URL.")
     url: str | None = Field(None, description="Existing OpenAI-compatible endpoint; default: start a managed vLLM server.")
@@ -124,7 +125,12 @@ class LLMConfig(Section):
     timeout_s: float = Field(300, gt=0)
     retries: int = Field(3, ge=0)
     replicas: int = Field(0, ge=0, description="On a Ray cluster: number of vLLM server actors (0 = one managed server).")
-    max_boxes: int = Field(16, ge=1)
+    replica_gpus: float = Field(1, ge=0, description="GPUs each replica actor holds.")
+    python: str | None = Field(None, description="Python with vllm for managed servers/replicas; default: "
+                               "$LMD_BATCH_LLM_PYTHON, else .venv-llm.")
+    startup_timeout_s: float = Field(600, gt=0, description="How long a managed server may take to answer /health.")
+    max_model_len: int = Field(2048, ge=256, description="Context length of managed servers.")
+    max_boxes: int = Field(16, ge=1, le=100, description="Boxes kept per layout (the rest are dropped, noted).")
 
 
 class DiffusionConfig(Section):

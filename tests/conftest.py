@@ -60,7 +60,7 @@ def make_job_file(tmp_path: Path, _file: str = "job.yaml", **overrides) -> Path:
 
     Defaults: prompts from `prompts.txt` beside the job file (written with three prompts unless
     it exists or input.prompts is overridden), run folder `run/` beside it, the in-process
-    'local' executor. A None override deletes a key, e.g. `input={"prompts": None}`.
+    'local' executor, stages [ingest]. A None override deletes a key, e.g. `input={"prompts": None}`.
     """
     tmp_path = Path(tmp_path)
     tmp_path.mkdir(parents=True, exist_ok=True)
@@ -69,6 +69,7 @@ def make_job_file(tmp_path: Path, _file: str = "job.yaml", **overrides) -> Path:
         "input": {"prompts": "prompts.txt", "shard_rows": 2},
         "run": {"url": "run"},
         "ray": {"executor": "local"},
+        "stages": ["ingest"],  # tests of later stages override this
     }
     job = _merge(job, overrides)
     if job.get("input", {}).get("prompts") == "prompts.txt" and not (tmp_path / "prompts.txt").exists():

@@ -38,7 +38,7 @@ def _job(folder: Path, prompts: Path, run: Path) -> Path:
     job = folder / f"job-{run.name}.yaml"
     job.write_text(
         f"name: kill-test\ninput:\n  prompts: {prompts}\n  shard_rows: {SHARD_ROWS}\n"
-        f"run:\n  url: {run}\nray:\n  num_cpus: 2\n  object_store_mb: 256\n"
+        f"run:\n  url: {run}\nray:\n  num_cpus: 2\n  object_store_mb: 256\nstages: [ingest]\n"
     )
     return job
 

@@ -30,11 +30,17 @@ class Stage:
     upstream: ClassVar[str | None] = None
     data_schema: ClassVar[str]
     rejects_schema: ClassVar[str]
+    #: Run-wide services the stage needs (see pipeline/services.py), e.g. ("llm",).
+    needs: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, job, run):
-        """Load models and clients here: it runs once per worker (Ray actor), not once per shard."""
+    def __init__(self, job, run, services=None):
+        """Load models and clients here: it runs once per worker (Ray actor), not once per shard.
+
+        `services` maps each name in `needs` to a `ServiceRef` shared by all workers of the run.
+        """
         self.job = job
         self.run = run
+        self.services = services or {}
 
     def process(self, shard: dict, upstream_table) -> ShardResult:
         """Compute one shard. `shard` is the shard's manifest row; `upstream_table` the upstream

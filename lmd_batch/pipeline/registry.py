@@ -9,6 +9,7 @@ import importlib
 
 STAGES: dict[str, str] = {
     "ingest": "lmd_batch.pipeline.ingest:IngestStage",
+    "layouts": "lmd_batch.pipeline.layouts:LayoutStage",
 }
 
 

@@ -23,12 +23,12 @@ from lmd_batch.pipeline.worker import ShardWorker
 class RayStageActor:
     """A Ray Data actor holding one loaded stage (models are loaded once per actor)."""
 
-    def __init__(self, stage_name: str, job_json: str, manifest_sha: str, reporter):
+    def __init__(self, stage_name: str, job_json: str, manifest_sha: str, reporter, services=None):
         from lmd_batch.config import Job
 
         job = Job.model_validate_json(job_json)
         self.worker = ShardWorker(stage_name, job, manifest_sha,
-                                  reporter=lambda *a: reporter.report.remote(*a))
+                                  reporter=lambda *a: reporter.report.remote(*a), services=services)
 
     def __call__(self, batch: dict) -> dict:
         for shard_json in batch["shard"]:
@@ -88,10 +88,9 @@ def init_ray(job, log=print):
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _execute_ray(job, stages, shards, manifest_sha, on_event, log):
+def _execute_ray(job, stages, shards, manifest_sha, on_event, log, services):
     import ray
 
-    init_ray(job, log)
     ledger = ray.remote(num_cpus=0)(ProgressLedger).remote()
     ds = ray.data.from_items([{"shard": json.dumps(s)} for s in shards], override_num_blocks=len(shards))
     for name in stages:
@@ -99,7 +98,7 @@ def _execute_ray(job, stages, shards, manifest_sha, on_event, log):
         ds = ds.map_batches(
             RayStageActor,
             fn_constructor_kwargs=dict(stage_name=name, job_json=job.model_dump_json(), manifest_sha=manifest_sha,
-                                       reporter=ledger),
+                                       reporter=ledger, services=services),
             compute=ray.data.ActorPoolStrategy(size=res.pool_size),
             num_cpus=res.num_cpus, num_gpus=res.num_gpus, batch_size=1, batch_format="default",
         )
@@ -123,8 +122,8 @@ def _execute_ray(job, stages, shards, manifest_sha, on_event, log):
             on_event(*ev)
 
 
-def _execute_local(job, stages, shards, manifest_sha, on_event, log):
-    workers = {name: ShardWorker(name, job, manifest_sha, reporter=on_event) for name in stages}
+def _execute_local(job, stages, shards, manifest_sha, on_event, log, services):
+    workers = {name: ShardWorker(name, job, manifest_sha, reporter=on_event, services=services) for name in stages}
     try:
         for shard in shards:
             for name in stages:
@@ -151,10 +150,22 @@ def run_job(job, new_run: bool = False, log=print, progress=None, on_start=None)
     if on_start is not None:
         on_start(stages, len(manifest), {name: len(valid[name]) for name in stages})
     on_event = progress or (lambda *a: None)
+    services_info = {}
     if todo:
-        executor = _execute_ray if job.ray.executor == "ray" else _execute_local
+        from lmd_batch.pipeline.services import RunServices, needed_services
+
+        use_ray = job.ray.executor == "ray"
+        if "llm" in needed_services(stages):
+            from lmd_batch.llm.endpoints import check_llm_settings
+
+            check_llm_settings(job)
+        executor = _execute_ray if use_ray else _execute_local
         try:
-            executor(job, stages, todo, manifest_sha, on_event, log)
+            if use_ray:
+                init_ray(job, log)
+            with RunServices(job, stages, use_ray) as services:
+                executor(job, stages, todo, manifest_sha, on_event, log, services.targets)
+                services_info = services.info()
         except UserError:
             raise
         except Exception as exc:
@@ -163,4 +174,4 @@ def run_job(job, new_run: bool = False, log=print, progress=None, on_start=None)
                 raise found from None
             raise
     return dict(run=run.url, shards=len(manifest), pending=len(todo), seconds=time.perf_counter() - t0,
-                stages=stages)
+                stages=stages, services=services_info)

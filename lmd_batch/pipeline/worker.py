@@ -17,10 +17,12 @@ MANIFEST_UPSTREAM = "manifest"
 class ShardWorker:
     """Holds one loaded stage; `run_shard` is called once per shard."""
 
-    def __init__(self, stage_name: str, job, manifest_sha: str, reporter=None):
+    def __init__(self, stage_name: str, job, manifest_sha: str, reporter=None, services=None):
+        from lmd_batch.pipeline.services import refs
+
         self.job = job
         self.run = RunFolder(job.run.url, job.run.storage_options)
-        self.stage = stage_class(stage_name)(job, self.run)
+        self.stage = stage_class(stage_name)(job, self.run, refs(services))
         self.manifest_sha = manifest_sha
         self.reporter = reporter
 

@@ -1,0 +1,1 @@
+"""Talking to LLM endpoints: the OpenAI-compatible client, its request cache, and managed vLLM servers."""

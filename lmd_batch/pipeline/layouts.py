@@ -1,0 +1,51 @@
+"""Layouts: stage 1 of LMD. Each accepted prompt (x its samples) becomes a layout from the LLM.
+
+Requests go through the run folder's request cache (a resumed or repeated shard asks nothing it
+already asked); completions are parsed (JSON or LMD text), repaired and validated; a (prompt,
+sample) with nothing usable left becomes a reject row with its reason and the raw completion.
+"""
+
+from __future__ import annotations
+
+from lmd_batch.pipeline.base import ShardResult, Stage
+from lmd_batch.schemas import table_from_rows
+
+
+class LayoutStage(Stage):
+    name = "layouts"
+    upstream = "ingest"
+    data_schema = "layouts"
+    rejects_schema = "layouts_rejects"
+    needs = ("llm",)
+
+    def __init__(self, job, run, services=None):
+        from lmd_batch.layout.template import get_template
+        from lmd_batch.llm.cache import RequestCache
+
+        super().__init__(job, run, services)
+        self.template = get_template(job.llm.template)
+        self.cache = RequestCache(run.loc)
+        self._client = None
+
+    def _client_factory(self):
+        if self._client is None:
+            from lmd_batch.layout.requests import make_client
+
+            self._client = make_client(self.job, self.services["llm"])
+        return self._client
+
+    def process(self, shard: dict, upstream_table) -> ShardResult:
+        from lmd_batch.layout.requests import answer_all, layout_request, to_rows
+
+        requests = [layout_request(self.job, self.template, r["prompt_id"], r["prompt"], k)
+                    for r in upstream_table.to_pylist() for k in range(r["samples"])]
+        before = self._client.requests_sent if self._client else 0
+        stats = answer_all(requests, self.cache, self._client_factory)
+        if self._client is not None:  # one client per worker: count only this shard's requests
+            stats["llm_requests"] = self._client.requests_sent - before
+        rows, rejects = [], []
+        for req in requests:
+            row, bad = to_rows(req, self.job, self.template)
+            (rows.append(row) if row else rejects.append(bad))
+        stats["rows_in"] = upstream_table.num_rows
+        return ShardResult(table_from_rows(rows, "layouts"), table_from_rows(rejects, "layouts_rejects"), stats)
