@@ -45,20 +45,30 @@ def layouts(
              "completion. Unparseable or missing completions count as failures."),
     run: Optional[str] = typer.Option(
         None, "--run",
-        help="Score the layouts stored in a run (not available yet: needs the layout stage)."),
+        help="Score the layouts a run produced (run folder path or URL) for the benchmark prompts "
+             "(make its input with `lmd-batch bench prompts`). Rejected layouts count as failures."),
     as_json: bool = typer.Option(False, "--json", help="Print the accuracies as one JSON object."),
 ) -> None:
     """Layout-level accuracy (%) per category and overall, as in LMD's eval_stage_one."""
+    if (run is None) == (responses is None):
+        raise typer.BadParameter("give exactly one of --responses FILE or --run RUN")
+    from lmd_batch.bench.predicates import evaluate_boxes, evaluate_responses  # lazy: keep `--help` fast
+
     if run is not None:
-        # One plain line (no rich panel) so scripts can grep it; exit code 2 like a usage error.
-        typer.echo("Error: --run: not available yet: needs the layout stage", err=True)
-        raise typer.Exit(code=2)
-    if responses is None:
-        raise typer.BadParameter("give --responses FILE", param_hint="--responses")
+        from lmd_batch.bench.run_layouts import run_boxes_by_prompt
+        from lmd_batch.errors import UserError
 
-    from lmd_batch.bench.predicates import evaluate_responses  # lazy: keep `--help` fast
-
-    scores = evaluate_responses(_load_responses(responses))
+        try:
+            boxes, counts = run_boxes_by_prompt(run)
+        except UserError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(exc.exit_code) from None
+        if counts["shards_done"] < counts["shards"]:
+            typer.echo(f"warning: only {counts['shards_done']} of {counts['shards']} layouts shards are done; "
+                       f"missing layouts count as failures", err=True)
+        scores, title = evaluate_boxes(boxes), f"LMD layout accuracy: {run}"
+    else:
+        scores, title = evaluate_responses(_load_responses(responses)), f"LMD layout accuracy: {responses.name}"
     if as_json:
         typer.echo(json.dumps(scores))
         return
@@ -66,9 +76,22 @@ def layouts(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"LMD layout accuracy: {responses.name}")
+    table = Table(title=title)
     table.add_column("category")
     table.add_column("accuracy (%)", justify="right")
     for key, value in scores.items():
         table.add_row(key, f"{value:.1f}", style="bold" if key == "overall" else None)
     Console().print(table)
+
+
+@bench_app.command("prompts")
+def prompts(
+    out: Path = typer.Option(..., "--out", dir_okay=False, help="JSONL file to write (id, prompt, category)."),
+) -> None:
+    """Write the 400 LMD benchmark prompts as a prompt file for a job (ids lmd-000 ... lmd-399)."""
+    from lmd_batch.bench.run_layouts import bench_prompt_rows
+
+    rows = bench_prompt_rows()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    typer.echo(f"wrote {len(rows)} benchmark prompts to {out}")

@@ -65,8 +65,10 @@ def test_cli_json(reference):
     assert json.loads(res.output)["overall"] == 99.0
     res = runner.invoke(app, ["bench", "layouts", "--responses", str(REF)])
     assert res.exit_code == 0 and "numeracy" in res.output
-    res = runner.invoke(app, ["bench", "layouts", "--run", "somerun"])
-    assert res.exit_code == 2 and "not available yet: needs the layout stage" in res.output
+    res = runner.invoke(app, ["bench", "layouts", "--run", "/nonexistent/run"])
+    assert res.exit_code == 1 and "not an lmd-batch run folder" in res.output
+    res = runner.invoke(app, ["bench", "layouts", "--run", "x", "--responses", str(REF)])
+    assert res.exit_code == 2 and "exactly one of" in res.output
 
 
 # ----------------------------------------------------------------------------- prompts

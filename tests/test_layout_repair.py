@@ -161,8 +161,9 @@ def test_nan_size_in_text_format_dropped():
     raw = Layout([Box("a cat", 10, 10, math.nan, 50), Box("a dog", 100, 100, 50, math.inf)], "a park", "")
     layout, notes = repair_layout(raw)
     assert layout.boxes == [] and len(notes) == 2
+    validate_layout(layout, len(raw.boxes))  # the background alone is still drawable
     with pytest.raises(LayoutRejected) as info:
-        validate_layout(layout, len(raw.boxes))
+        validate_layout(Layout([], "", ""), len(raw.boxes))
     assert info.value.reason == "no_valid_boxes"
 
 
@@ -219,11 +220,20 @@ def test_rounding_and_tiny_boxes():
 
 # ----------------------------------------------------------------------------- validation
 
-def test_all_boxes_dropped_is_rejected():
-    text = _json([{"caption": "a cat", "box": [0, 0, 0, 0]}, {"caption": "  ", "box": [1, 1, 5, 5]}])
+def test_all_boxes_dropped_without_background_is_rejected():
+    objects = [{"caption": "a cat", "box": [0, 0, 0, 0]}, {"caption": "  ", "box": [1, 1, 5, 5]}]
     with pytest.raises(LayoutRejected) as info:
-        read_layout(text)
+        read_layout(_json(objects, background=""))
     assert info.value.reason == "no_valid_boxes" and "2" in info.value.detail
+    layout, _, notes = read_layout(_json(objects))  # with a background: LMD draws the background alone
+    assert layout.boxes == [] and layout.background == "a park" and len(notes) == 2
+
+
+def test_full_canvas_box_of_a_negation_prompt_leaves_the_background():
+    text = "[('A realistic scene', [0, 0, 512, 512])]\nBackground prompt: A realistic scene\nNegative prompt: laptops"
+    layout, fmt, notes = read_layout(text)
+    assert (layout.boxes, layout.negative, fmt) == ([], "laptops", "text")
+    assert any("background box" in n for n in notes)
 
 
 @pytest.mark.parametrize("text", ['{"objects": []}', _text("[]", background=""), _text("No objects", "")])

@@ -124,27 +124,43 @@ def check_completion(prompt: BenchPrompt, completion: str | None) -> bool:
 
 def evaluate_per_prompt(responses: Mapping[str, Sequence[str]],
                         prompts: Sequence[BenchPrompt] | None = None) -> list[bool]:
-    """One pass/fail per benchmark prompt, in benchmark order."""
+    """One pass/fail per benchmark prompt, in benchmark order (completions are parsed and filtered)."""
+    return _per_prompt(responses, prompts, check_completion)
+
+
+def _per_prompt(by_prompt, prompts, judge) -> list[bool]:
+    """The k-th occurrence of a prompt takes the k-th item; a missing item is a failure."""
     prompts = get_lmd_prompts() if prompts is None else prompts
     seen: dict[str, int] = defaultdict(int)
     results = []
     for p in prompts:
         k = seen[p.prompt]
         seen[p.prompt] += 1
-        completions = responses.get(p.prompt) or []
-        completion = completions[k] if k < len(completions) else None
-        results.append(check_completion(p, completion))
+        items = by_prompt.get(p.prompt) or []
+        item = items[k] if k < len(items) else None
+        results.append(judge(p, item))
     return results
 
 
-def evaluate_responses(responses: Mapping[str, Sequence[str]],
-                       prompts: Sequence[BenchPrompt] | None = None) -> dict[str, float]:
-    """Accuracy in percent per category plus "overall" (mean over all prompts)."""
-    prompts = get_lmd_prompts() if prompts is None else prompts
-    results = evaluate_per_prompt(responses, prompts)
+def _scores(prompts: Sequence[BenchPrompt], results: list[bool]) -> dict[str, float]:
     out: dict[str, float] = {}
     for cat in CATEGORIES:
         r = [ok for p, ok in zip(prompts, results) if p.category == cat]
         out[cat] = round(100.0 * sum(r) / len(r), 2) if r else 0.0
     out["overall"] = round(100.0 * sum(results) / len(results), 2) if results else 0.0
     return out
+
+
+def evaluate_responses(responses: Mapping[str, Sequence[str]],
+                       prompts: Sequence[BenchPrompt] | None = None) -> dict[str, float]:
+    """Accuracy in percent per category plus "overall" (mean over all prompts)."""
+    prompts = get_lmd_prompts() if prompts is None else prompts
+    return _scores(prompts, evaluate_per_prompt(responses, prompts))
+
+
+def evaluate_boxes(boxes_by_prompt: Mapping[str, Sequence[Sequence[Box] | None]],
+                   prompts: Sequence[BenchPrompt] | None = None) -> dict[str, float]:
+    """Like evaluate_responses, for layouts a run already parsed and repaired (None: no layout)."""
+    prompts = get_lmd_prompts() if prompts is None else prompts
+    results = _per_prompt(boxes_by_prompt, prompts, lambda p, boxes: boxes is not None and check_prompt(p, boxes))
+    return _scores(prompts, results)

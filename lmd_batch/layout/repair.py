@@ -105,15 +105,16 @@ def repair_layout(layout: Layout, max_boxes: int = 16, canvas: int = CANVAS,
 def validate_layout(layout: Layout, raw_box_count: int) -> None:
     """Raise :class:`LayoutRejected` when a repaired layout gives stage 2 nothing to draw.
 
-    Zero boxes with a background ("an empty beach") is a valid layout. Boxes that were all
-    dropped is not, even with a background: the model meant objects and we lost every one.
+    Zero boxes with a background is a valid layout, as in LMD: "an empty beach", or a negation
+    prompt whose only box covered the whole canvas (dropped as a background box, e.g. GPT-3.5's
+    "a realistic scene" at [0, 0, 512, 512]); stage 2 then draws the background alone. Without a
+    background there is nothing to draw.
     """
-    if layout.boxes:
+    if layout.boxes or layout.background:
         return
     if raw_box_count > 0:
-        raise LayoutRejected("no_valid_boxes", f"all {raw_box_count} boxes were dropped")
-    if not layout.background:
-        raise LayoutRejected("empty_layout", "no boxes and no background prompt")
+        raise LayoutRejected("no_valid_boxes", f"all {raw_box_count} boxes were dropped and there is no background")
+    raise LayoutRejected("empty_layout", "no boxes and no background prompt")
 
 
 def read_layout(text: str, max_boxes: int = 16, canvas: int = CANVAS) -> tuple[Layout, str, list[str]]:

@@ -107,27 +107,32 @@ def answer_all(requests: list[LayoutRequest], cache, client_factory) -> dict:
     """
     from lmd_batch.llm.client import Completion, LLMFailure
 
-    missing = []
+    missing: dict[str, list[LayoutRequest]] = {}  # identical requests (same key) are asked once
     for r in requests:
+        if r.key in missing:
+            missing[r.key].append(r)
+            continue
         hit = cache.get(r.key)
         if hit is not None:
             r.result, r.cached = Completion(hit["text"], hit.get("finish_reason"), hit.get("usage") or {}), True
         else:
-            missing.append(r)
-    stats = dict(cache_hits=len(requests) - len(missing), llm_requests=0, llm_failures=0,
+            missing[r.key] = [r]
+    asked = [group[0] for group in missing.values()]
+    stats = dict(cache_hits=len(requests) - sum(len(g) for g in missing.values()), llm_requests=0, llm_failures=0,
                  prompt_tokens=0, completion_tokens=0)
-    if missing:
+    if asked:
         client = client_factory()
 
         def store(i, result):
-            req = missing[i]
-            req.result = result
+            req = asked[i]
             if isinstance(result, Completion):
                 cache.put(req.key, result.text, result.finish_reason, result.usage, req.key_fields)
+            for same in missing[req.key]:
+                same.result = result
 
-        client.run([r.body for r in missing], on_result=store)
+        client.run([r.body for r in asked], on_result=store)
         stats["llm_requests"] = client.requests_sent
-        for r in missing:
+        for r in asked:
             if isinstance(r.result, LLMFailure):
                 stats["llm_failures"] += 1
             else:
