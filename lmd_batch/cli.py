@@ -104,9 +104,36 @@ def _print_summary(result: dict, storage_options: dict) -> None:
     console = Console()
     st = run_status(RunFolder(result["run"], storage_options))
     console.print(status_table(st))
+    _print_counters(console, st)
+    for name, svc in (result.get("services") or {}).items():
+        if svc.get("started"):
+            console.print(f"{name}: {svc['kind']} server started in {svc['startup_s']:.1f} s and stopped")
     done = "all shards done" if all(s["done"] == s["total"] for s in st["stages"].values()) else "INCOMPLETE"
     console.print(f"run folder: {result['run']}  ({done}; {result['pending']} of {result['shards']} shards "
                   f"were pending; wall time {result['seconds']:.1f} s)")
+
+
+@app.command()
+def edit(
+    run_url: str = typer.Option(..., "--run", help="Run folder (path or URL) whose layouts to revise."),
+    instructions: str = typer.Option(
+        ..., "--instructions",
+        help="JSONL, CSV or Parquet rows: 'layout_id' (or 'prompt_id' [+ 'sample']) and 'instruction', "
+             "e.g. {\"prompt_id\": \"p000000003\", \"instruction\": \"move the dog to the left\"}."),
+):
+    """One round of multi-round layout editing: the LLM revises each named layout given the conversation
+    so far; revised layouts go to RUN/edits/data/shard-<round>.parquet, linked to their parents."""
+    from pathlib import Path
+
+    from lmd_batch.config import resolve_location
+    from lmd_batch.layout.edit import run_edit
+
+    try:
+        res = run_edit(resolve_location(run_url, Path.cwd()), instructions, log=lambda m: typer.echo(m, err=True))
+    except UserError as exc:
+        _fail(exc)
+    typer.echo(f"edit round {res['round']}: {res['rows']} revised layouts, {res['rejects']} rejects "
+               f"({res['llm_requests']} LLM requests, {res['cache_hits']} cache hits) -> {res['data']}")
 
 
 @app.command()
@@ -130,7 +157,16 @@ def status(
         return
     from rich.console import Console
 
-    Console().print(status_table(st))
+    console = Console()
+    console.print(status_table(st))
+    _print_counters(console, st)
+
+
+def _print_counters(console, st: dict) -> None:
+    """One line per stage with its own counters, e.g. 'layouts: cache hits 0, llm requests 32, ...'."""
+    for name, s in st["stages"].items():
+        if s.get("counters"):
+            console.print(f"{name}: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in s["counters"].items()))
 
 
 @models_app.command("list")

@@ -592,3 +592,23 @@ def test_ray_executor_on_moto_s3(tmp_path, moto_s3):
     # resuming needs no Ray at all: nothing is pending
     assert ingest(job)["pending"] == 0
     assert not ray.is_initialized()
+
+
+def test_run_json_redacts_storage_secrets_but_keeps_settings(tmp_path):
+    from lmd_batch.pipeline.prepare import redact
+
+    job = {"input": {"storage_options": {"key": "AKIA123", "secret": "s3cr3t", "client_kwargs": {"region_name": "x"},
+                                         "token": ""}},
+           "run": {"storage_options": {"password": "pw", "anon": False}},
+           "llm": {"max_tokens": 900, "api_key_env": "MY_KEY"}}
+    out = redact(job)
+    assert out["input"]["storage_options"] == {"key": "***", "secret": "***", "client_kwargs": {"region_name": "x"},
+                                               "token": ""}
+    assert out["run"]["storage_options"] == {"password": "***", "anon": False}
+    assert out["llm"] == {"max_tokens": 900, "api_key_env": "MY_KEY"}
+
+    prompts = _five_prompts(tmp_path)
+    job = make_job(tmp_path, prompts, llm={"max_tokens": 321})
+    ingest(job)
+    info = json.loads((Path(job.run.url) / "run.json").read_text())
+    assert info["job"]["llm"]["max_tokens"] == 321

@@ -144,3 +144,56 @@ def test_wrong_or_missing_api_key(tmp_path, monkeypatch):
         assert server.count() == 1  # 401 is not retried
     finally:
         server.close()
+
+
+def test_multi_round_edit_links_revisions_and_replays_the_conversation(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    from lmd_batch.layout.template import get_template
+
+    tpl = get_template("lmd-batch-v1")
+    first = "[('a gray cat', [300, 200, 150, 150])]\nBackground prompt: a living room\nNegative prompt: "
+    moved = "[('a gray cat', [40, 200, 150, 150])]\nBackground prompt: a living room\nNegative prompt: "
+    ball = ("[('a gray cat', [40, 200, 150, 150]), ('a red ball', [300, 300, 80, 80])]\n"
+            "Background prompt: a living room\nNegative prompt: ")
+    answers = {"a gray cat in a living room": first, "a dog": "[]\nBackground prompt: a dog park",
+               tpl.edit_turn("move the cat to the left"): moved, tpl.edit_turn("add a red ball"): ball}
+    server = ReplayLLM(answers, api_key=KEY)
+    monkeypatch.setenv("REPLAY_KEY", KEY)
+    try:
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text('{"id": "cat", "prompt": "a gray cat in a living room"}\n{"id": "dog", "prompt": "a dog"}\n')
+        job = _job(tmp_path, prompts, server.url)
+        assert run_cli("run", job, env={"REPLAY_KEY": KEY}).returncode == 0
+        run = tmp_path / "run"
+
+        ins = tmp_path / "round1.jsonl"
+        ins.write_text('{"prompt_id": "cat", "instruction": "move the cat to the left"}\n'
+                       '{"layout_id": "nobody#0", "instruction": "add a hat"}\n')
+        res = run_cli("edit", "--run", run, "--instructions", ins, env={"REPLAY_KEY": KEY})
+        assert res.returncode == 0, res.stderr
+        assert "edit round 1: 1 revised layouts, 1 rejects" in res.stdout
+        (row,) = pq.read_table(run / "edits" / "data" / "shard-00001.parquet").to_pylist()
+        assert (row["layout_id"], row["parent_layout_id"], row["edit_round"]) == ("cat#0/e1", "cat#0", 1)
+        assert row["boxes"][0]["x"] == 40 and row["instruction"] == "move the cat to the left"
+        (bad,) = pq.read_table(run / "edits" / "rejects" / "shard-00001.parquet").to_pylist()
+        assert bad["reason"] == "parent_missing"
+
+        ins2 = tmp_path / "round2.csv"
+        ins2.write_text("layout_id,instruction\ncat#0,add a red ball\n")
+        res = run_cli("edit", "--run", run, "--instructions", ins2, env={"REPLAY_KEY": KEY})
+        assert res.returncode == 0, res.stderr
+        (row2,) = pq.read_table(run / "edits" / "data" / "shard-00002.parquet").to_pylist()
+        assert (row2["layout_id"], row2["parent_layout_id"], row2["edit_round"]) == ("cat#0/e2", "cat#0/e1", 2)
+        assert [b["caption"] for b in row2["boxes"]] == ["a gray cat", "a red ball"]
+        # The second round saw the whole conversation: caption, first layout, first instruction, its result.
+        messages = server.requests[-1]["body"]["messages"]
+        turns = [m["content"] for m in messages[-5:]]
+        assert turns[0] == "Caption: a gray cat in a living room" and "300" in turns[1]
+        assert turns[2] == tpl.edit_turn("move the cat to the left") and "40" in turns[3]
+        assert turns[4] == tpl.edit_turn("add a red ball")
+
+        res = run_cli("edit", "--run", run, "--instructions", tmp_path / "missing.jsonl")
+        assert res.returncode == 1 and res.stderr.strip().startswith("error: instructions file not found")
+    finally:
+        server.close()

@@ -130,6 +130,23 @@ def test_layout_stage_with_managed_vllm_then_rerun_from_cache(tmp_path):
     assert sum(s["cache_hits"] for s in stats) == len(_expected_ids())
     assert {f.name: f.read_bytes() for f in (run / "layouts" / "data").iterdir()} == data_before
 
+    # One edit round through a fresh managed server: every instruction ends as a revision or a reject.
+    from lmd_batch.layout.edit import run_edit
+
+    target = rows[0]["layout_id"]
+    ins = tmp_path / "edit.jsonl"
+    ins.write_text(json.dumps({"layout_id": target, "instruction": "add a small red ball on the left"}) + "\n"
+                   + json.dumps({"prompt_id": rows[1]["prompt_id"], "sample": rows[1]["sample"],
+                               "instruction": "make everything blue"}) + "\n")
+    res = run_edit(str(run), str(ins), log=lambda *a: None)
+    assert (res["round"], res["rows"] + res["rejects"], res["llm_requests"]) == (1, 2, 2)
+    import pyarrow.parquet as pq
+
+    edited = pq.read_table(run / "edits" / "data" / "shard-00001.parquet").to_pylist()
+    for r in edited:
+        assert r["edit_round"] == 1 and r["parent_layout_id"] in (target, rows[1]["layout_id"])
+    assert _vllm_pids() == before
+
 
 def _cli(job: Path, log: Path):
     env = dict(os.environ, OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0")

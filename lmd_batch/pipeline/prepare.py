@@ -32,12 +32,22 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def redact(obj):
-    """Storage options may hold credentials: never write them to run.json."""
+def redact(obj, in_options: bool = False):
+    """Storage options may hold credentials: never write them to run.json.
+
+    Only the free-form `storage_options` dicts are redacted (a settings name like
+    `llm.max_tokens` is not a secret); the LLM's API key is never in the job, only its variable name.
+    """
     if isinstance(obj, dict):
-        return {k: ("***" if _SECRET.search(str(k)) and v else redact(v)) for k, v in obj.items()}
+        out = {}
+        for k, v in obj.items():
+            if in_options and _SECRET.search(str(k)) and v:
+                out[k] = "***"
+            else:
+                out[k] = redact(v, in_options or k == "storage_options")
+        return out
     if isinstance(obj, list):
-        return [redact(v) for v in obj]
+        return [redact(v, in_options) for v in obj]
     return obj
 
 

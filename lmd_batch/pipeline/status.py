@@ -43,8 +43,19 @@ def run_status(run) -> dict:
         out["stages"][name] = dict(done=len(valid[name]), total=total, rows=sum(m.rows for m in ms),
                                    rejects=sum(m.rejects for m in ms),
                                    rows_in=sum(m.stats.get("rows_in", 0) for m in ms),
-                                   seconds=round(sum(m.stats.get("seconds", 0.0) for m in ms), 3))
+                                   seconds=round(sum(m.stats.get("seconds", 0.0) for m in ms), 3),
+                                   counters=_counters(ms))
     return out
+
+
+def _counters(markers) -> dict:
+    """Sums of the stages' own integer counters (llm_requests, cache_hits, ...) over done shards."""
+    out: dict[str, int] = {}
+    for m in markers:
+        for k, v in m.stats.items():
+            if k not in ("rows_in", "seconds") and isinstance(v, int) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+    return dict(sorted(out.items()))
 
 
 def _registered():
