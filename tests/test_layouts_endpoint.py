@@ -197,3 +197,26 @@ def test_multi_round_edit_links_revisions_and_replays_the_conversation(tmp_path,
         assert res.returncode == 1 and res.stderr.strip().startswith("error: instructions file not found")
     finally:
         server.close()
+
+
+def test_unreachable_endpoint_fails_the_run_without_marking_shards(tmp_path, monkeypatch):
+    """A down endpoint is not the prompts' fault: no reject rows, no markers; a rerun finishes."""
+    from conftest import free_port
+
+    monkeypatch.setenv("REPLAY_KEY", KEY)
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a cat\na dog\n")
+    job = _job(tmp_path, prompts, f"http://127.0.0.1:{free_port()}/v1", retries=1)
+    res = run_cli("run", job, env={"REPLAY_KEY": KEY})
+    assert res.returncode == 1
+    assert "error: the LLM endpoint is unreachable: 2 of 2 requests could not connect" in res.stderr
+    assert not (tmp_path / "run" / "layouts" / "done").exists() or not list((tmp_path / "run" / "layouts" / "done").iterdir())
+
+    server = ReplayLLM({"a cat": "[]\nBackground prompt: a cat", "a dog": "[]\nBackground prompt: a dog"}, api_key=KEY)
+    try:
+        job = _job(tmp_path, prompts, server.url, retries=1)  # llm.url is not fingerprinted: same run
+        res = run_cli("run", job, env={"REPLAY_KEY": KEY})
+        assert res.returncode == 0, res.stderr
+        assert len(_rows(tmp_path / "run", "data")) == 2
+    finally:
+        server.close()

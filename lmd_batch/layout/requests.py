@@ -132,6 +132,14 @@ def answer_all(requests: list[LayoutRequest], cache, client_factory) -> dict:
 
         client.run([r.body for r in asked], on_result=store)
         stats["llm_requests"] = client.requests_sent
+        down = [r.result for r in asked if isinstance(r.result, LLMFailure) and r.result.reason == "llm_unreachable"]
+        if down:
+            from lmd_batch.errors import UserError
+
+            # Not a reject: the prompts are fine, the endpoint is down. Fail the shard (it stays
+            # unmarked, answers so far are cached) so that a rerun asks again.
+            raise UserError(f"the LLM endpoint is unreachable: {len(down)} of {len(asked)} requests could not "
+                            f"connect ({down[0].detail}); answered requests are cached, rerun to continue")
         for r in asked:
             if isinstance(r.result, LLMFailure):
                 stats["llm_failures"] += 1

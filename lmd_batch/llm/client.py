@@ -24,7 +24,7 @@ class Completion:
 class LLMFailure:
     """A request that failed for good; `reason` is a short code for the reject row."""
 
-    reason: str  # llm_http_error | llm_transport_error | llm_bad_response
+    reason: str  # llm_http_error | llm_transport_error | llm_unreachable | llm_bad_response
     detail: str
 
 
@@ -84,7 +84,9 @@ class LLMClient:
             try:
                 self.requests_sent += 1
                 resp = await http.post(url, json=payload)
-            except httpx.TransportError as exc:  # connect errors, resets, timeouts
+            except httpx.ConnectError as exc:  # nothing listening: the endpoint is down, not this request
+                failure = LLMFailure("llm_unreachable", f"{type(exc).__name__}: {exc}"[:300] + f" ({url})")
+            except httpx.TransportError as exc:  # resets, timeouts
                 failure = LLMFailure("llm_transport_error", f"{type(exc).__name__}: {exc}"[:300] + f" ({url})")
             else:
                 if resp.status_code == 200:

@@ -91,7 +91,16 @@ class LLMEndpoints:
 
     def info(self) -> dict:
         kind = "url" if self.job.llm.url else ("replicas" if self.job.llm.replicas else "managed")
-        return dict(kind=kind, started=self._urls is not None and kind != "url", startup_s=round(self.startup_s, 1))
+        return dict(kind=kind, started=self._urls is not None and kind != "url", startup_s=round(self.startup_s, 1),
+                    endpoints=len(self._urls or []))
+
+    def diagnose(self) -> str:
+        """Why requests might fail: a managed server that died, with the end of its log ('' if none)."""
+        srv = self._server
+        if srv is not None and srv.proc is not None and srv.proc.poll() is not None:
+            return (f"the managed vLLM server exited with code {srv.proc.returncode}; last lines of "
+                    f"{srv.log_path}:\n{srv.log_tail(8)}")
+        return ""
 
     def _start_managed(self) -> str:
         from lmd_batch.llm.server import ManagedServer
@@ -115,7 +124,11 @@ class LLMEndpoints:
         actor = ray.remote(num_cpus=1, num_gpus=cfg.replica_gpus)(VLLMReplica)
         self._replicas = [actor.remote(self.job.model_dump_json()) for _ in range(cfg.replicas)]
         try:
-            return ray.get([r.start.remote() for r in self._replicas])
+            return ray.get([r.start.remote() for r in self._replicas], timeout=cfg.startup_timeout_s + 120)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise UserError(f"{cfg.replicas} vLLM replicas (each {cfg.replica_gpus} GPU, 1 CPU) did not start within "
+                            f"{cfg.startup_timeout_s + 120:.0f} s: does the cluster have the resources?") from None
         except Exception as exc:
             from lmd_batch.pipeline.runner import _find_user_error
 

@@ -56,7 +56,10 @@ def server_command(python: str, model_dir: str, served_name: str, host: str, por
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model_dir, "--host", host,
            "--port", str(port), "--served-model-name", served_name, "--max-model-len", str(max_model_len),
            "--structured-outputs-config", '{"backend":"xgrammar","disable_any_whitespace":true}',
-           "--seed", "0", "--disable-log-stats"]
+           "--seed", "0", "--disable-log-stats",
+           # vLLM 0.32 on CPU crashes the engine ("CPU Generator does not use offset") when a seeded
+           # request's prefill is split into chunks; we seed every request, so never split prefills.
+           "--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_model_len))]
     if device == "cpu":
         cmd += ["--dtype", "bfloat16", "--enforce-eager"]  # compiled bf16 gives wrong output on CPU
     return cmd + list(extra or [])

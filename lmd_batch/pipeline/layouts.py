@@ -7,6 +7,7 @@ sample) with nothing usable left becomes a reject row with its reason and the ra
 
 from __future__ import annotations
 
+from lmd_batch.errors import UserError
 from lmd_batch.pipeline.base import ShardResult, Stage
 from lmd_batch.schemas import table_from_rows
 
@@ -40,7 +41,11 @@ class LayoutStage(Stage):
         requests = [layout_request(self.job, self.template, r["prompt_id"], r["prompt"], k)
                     for r in upstream_table.to_pylist() for k in range(r["samples"])]
         before = self._client.requests_sent if self._client else 0
-        stats = answer_all(requests, self.cache, self._client_factory)
+        try:
+            stats = answer_all(requests, self.cache, self._client_factory)
+        except UserError as exc:
+            why = self.services["llm"].call("diagnose") if "llm" in self.services else ""
+            raise UserError(f"{exc}; {why}" if why else str(exc)) from None
         if self._client is not None:  # one client per worker: count only this shard's requests
             stats["llm_requests"] = self._client.requests_sent - before
         rows, rejects = [], []
