@@ -220,3 +220,25 @@ def test_unreachable_endpoint_fails_the_run_without_marking_shards(tmp_path, mon
         assert len(_rows(tmp_path / "run", "data")) == 2
     finally:
         server.close()
+
+
+def test_completion_mode_text_format_stops_on_a_blank_line(tmp_path, monkeypatch):
+    text = "[('a red ball', [100, 100, 120, 120]), ('a blue cube', [300, 100, 100, 100])]\nBackground prompt: a park"
+    server = ReplayLLM({"a red ball and a blue cube": text}, api_key=KEY)
+    monkeypatch.setenv("REPLAY_KEY", KEY)
+    try:
+        prompts = tmp_path / "p.jsonl"
+        prompts.write_text('{"prompt": "a red ball and a blue cube", "samples": 3}\n')
+        job = _job(tmp_path, prompts, server.url, mode="completion")
+        res = run_cli("run", job, env={"REPLAY_KEY": KEY})
+        assert res.returncode == 0, res.stderr
+        reqs = server.requests
+        assert len(reqs) == 3 and all(r["path"] == "/v1/completions" for r in reqs)
+        body = reqs[0]["body"]
+        assert body["stop"] == ["\n\n"] and body["temperature"] == 0.25 and body["prompt"].endswith("Layout:")
+        assert len({r["body"]["seed"] for r in reqs}) == 3  # one seed per sample
+        rows = _rows(tmp_path / "run", "data")
+        assert sorted(r["layout_id"] for r in rows) == ["p000000000#0", "p000000000#1", "p000000000#2"]
+        assert [b["caption"] for b in rows[0]["boxes"]] == ["a red ball", "a blue cube"]
+    finally:
+        server.close()
