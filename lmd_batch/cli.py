@@ -36,6 +36,15 @@ def _register_bench() -> None:
 _register_bench()
 
 
+def _register_generate() -> None:
+    from lmd_batch.cli_generate import register
+
+    register(app)
+
+
+_register_generate()
+
+
 def _fail(exc: UserError) -> None:
     if isinstance(exc, JobFileError):
         typer.echo(f"error: {exc.path} is not a valid job file:", err=True)
@@ -121,8 +130,11 @@ def edit(
         help="JSONL, CSV or Parquet rows: 'layout_id' (or 'prompt_id' [+ 'sample']) and 'instruction', "
              "e.g. {\"prompt_id\": \"p000000003\", \"instruction\": \"move the dog to the left\"}."),
 ):
-    """One round of multi-round layout editing: the LLM revises each named layout given the conversation
-    so far; revised layouts go to RUN/edits/data/shard-<round>.parquet, linked to their parents."""
+    """Revise finished layouts with instructions (one round of multi-round editing).
+
+    The LLM sees each layout's conversation so far plus the instruction; revised layouts go to
+    RUN/edits/data/shard-<round>.parquet, linked to their parents (parent_layout_id, edit_round).
+    """
     from pathlib import Path
 
     from lmd_batch.config import resolve_location
