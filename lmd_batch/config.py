@@ -149,6 +149,9 @@ class DiffusionConfig(Section):
     frozen_step_ratio: float = Field(0.5, ge=0, le=1)
     fg_blending_ratio: float | None = Field(None, ge=0, le=1, description="Default 0.01 (LMD) / 0.1 (LMD+).")
     guidance_steps: int = Field(30, ge=0, description="Denoising steps with attention guidance (of 50).")
+    overall_guidance_steps: int | None = Field(
+        None, ge=0, description="Guided steps of the overall (composition) pass; default: guidance_steps. "
+        "A composition setting: changing it reuses every cached box latent.")
     loss_scale: float = Field(5.0, ge=0)
     loss_threshold: float = Field(5.0, ge=0)
     ref_ca_loss_weight: float = Field(2.0, ge=0)

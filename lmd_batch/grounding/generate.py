@@ -91,7 +91,7 @@ def _box_extras(report: dict, boxes) -> None:
 
 def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_model: str, cfg, job_seed: int,
                     prompt_id, sample: int, prompt: str | None = None, max_boxes: int = 16, refiner=None,
-                    device: str | None = None, callback=None) -> GenerationResult:
+                    device: str | None = None, callback=None, boxes=None) -> GenerationResult:
     """Generate one image for one layout (`lmd_batch.layout.lmd_text.Layout`).
 
     method:     "lmd", "lmd_plus", "sd" (plain SD) or "gligen" (GLIGEN alone);
@@ -102,7 +102,9 @@ def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_m
     prompt:     the user's original prompt: the baselines use it instead of the overall prompt
                 (LMD's protocol), and the optional refiner pass uses it;
     refiner:    an SDXL img2img refiner pipeline, or None (no refinement; the default);
-    callback:   passed to overall_generate (callback(step, latents) after each step).
+    callback:   passed to overall_generate (callback(step, latents) after each step);
+    boxes:      the layout's per-box results when they are already known (the box-latent cache of
+                the Ray image stage): per-box generation is skipped.
 
     The image is (cfg.size, cfg.size, 3) uint8 (refined: the refiner's size). The report is
     JSON-able: per box caption, box, phrase tokens, in-box attention ratio at each guided step
@@ -124,7 +126,7 @@ def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_m
     uses_gligen = method in ("lmd_plus", "gligen")
     pipe = cached_model("gligen" if uses_gligen else "sd", gligen_model if uses_gligen else model, device)
     sam = None
-    if method in ("lmd", "lmd_plus") and spec.boxes and getattr(cfg, "mask", "sam") == "sam":
+    if method in ("lmd", "lmd_plus") and spec.boxes and getattr(cfg, "mask", "sam") == "sam" and boxes is None:
         sam = cached_model("sam", sam_model, device)
     timings["load_s"] = time.perf_counter() - t
 
@@ -136,10 +138,11 @@ def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_m
     bg_seed = background_seed(job_seed, prompt_id, sample)
     noise = gaussian_noise(bg_seed, (1, channels, size // scale, size // scale), device=device)
 
-    boxes = []
+    given = boxes
+    boxes = list(given or [])
     per_box_passes = 0
     if method in ("lmd", "lmd_plus"):
-        if spec.boxes:
+        if spec.boxes and given is None:
             from lmd_batch.grounding.per_box import generate_boxes
 
             t = time.perf_counter()

@@ -155,14 +155,16 @@ def _zero_stats() -> dict:
 class _Context:
     """Everything shared by the chunks of one generate_boxes call."""
 
-    def __init__(self, pipe, cfg, method, mask_mode, predictor, latent_dtype, keep_images):
+    def __init__(self, pipe, cfg, method, mask_mode, predictor, latent_dtype, keep_images, keep_steps=None):
         self.pipe, self.cfg, self.method, self.mask_mode = pipe, cfg, method, mask_mode
         self.predictor, self.latent_dtype, self.keep_images = predictor, latent_dtype, keep_images
         self.unet = pipe.unet
         self.device, self.dtype = self.unet.device, self.unet.dtype
         self.steps = int(cfg.steps)
-        self.frozen = frozen_steps(cfg)
-        self.attn_steps = min(int(cfg.guidance_steps), self.steps)  # saved for attention transfer
+        # keep_steps (the box-latent cache): keep latents 0..keep_steps and attention of steps < keep_steps,
+        # so composition settings (frozen ratio, overall guidance steps) can change without rerunning.
+        self.frozen = frozen_steps(cfg) if keep_steps is None else min(int(keep_steps), self.steps)
+        self.attn_steps = min(int(cfg.guidance_steps if keep_steps is None else keep_steps), self.steps)
         self.box_guidance_steps = int(cfg.guidance_steps) if method == "lmd" else 0
         self.sam_start = attention_start_step(self.steps)
         self.do_cfg = float(cfg.guidance_scale) > 1.0
@@ -353,7 +355,7 @@ def _predictor(sam, cfg, device):
 def generate_boxes(pipe, specs: Sequence[tuple[GroundingSpec, object, int]], cfg, job_seed: int,
                    method: str = "lmd", sam=None, mask_mode: str | None = None, box_batch_size: int | None = None,
                    *, latent_dtype: torch.dtype = torch.float16, keep_images: bool = True,
-                   stats: dict | None = None) -> list[list[BoxLatents]]:
+                   stats: dict | None = None, want=None, keep_steps: int | None = None) -> list[list[BoxLatents]]:
     """Per-box runs of every box of every spec; returns one list of `BoxLatents` per spec (in the
     spec's box order; [] for a spec without boxes).
 
@@ -369,7 +371,11 @@ def generate_boxes(pipe, specs: Sequence[tuple[GroundingSpec, object, int]], cfg
     latent_dtype:   the stored trajectory's dtype (the contract's fp16; fp32 for exact checks);
     keep_images:    keep the decoded per-box images in `BoxLatents.image`;
     stats:          a dict updated with unet_passes, cfg_passes, guidance_passes, chunks, boxes,
-                    decoded, sam_calls, seconds (totals of this call).
+                    decoded, sam_calls, seconds (totals of this call);
+    want:           want(spec_index, box_index) -> bool; runs it rejects are skipped (already in the
+                    box-latent cache) and missing from the result lists; runs never depend on each other;
+    keep_steps:     keep latents 0..keep_steps and the attention of steps < keep_steps instead of
+                    0..frozen_steps / < guidance_steps (the cache keeps whole trajectories).
     """
     if method not in METHODS:
         raise ValueError(f"per-box generation is for {METHODS}; got method {method!r}")
@@ -387,12 +393,14 @@ def generate_boxes(pipe, specs: Sequence[tuple[GroundingSpec, object, int]], cfg
     ratio = default_blending_ratio(method, cfg.fg_blending_ratio)
     runs = plan_runs(pipe.tokenizer, specs, method=method, job_seed=job_seed, latent_shape=(channels, h, w),
                      ratio=ratio)
+    if want is not None:
+        runs = [r for r in runs if want(r.spec_index, r.box_index)]
     if not runs:
         if stats is not None:
             stats.update(_zero_stats())
         return out
     predictor = _predictor(sam, cfg, pipe.unet.device) if mask_mode == "sam" else None
-    ctx = _Context(pipe, cfg, method, mask_mode, predictor, latent_dtype, keep_images)
+    ctx = _Context(pipe, cfg, method, mask_mode, predictor, latent_dtype, keep_images, keep_steps)
 
     unet = pipe.unet
     grad_flags = [(p, p.requires_grad) for p in unet.parameters()]

@@ -10,6 +10,8 @@ import importlib
 STAGES: dict[str, str] = {
     "ingest": "lmd_batch.pipeline.ingest:IngestStage",
     "layouts": "lmd_batch.pipeline.layouts:LayoutStage",
+    "box_latents": "lmd_batch.pipeline.box_latents:BoxLatentStage",
+    "images": "lmd_batch.pipeline.images:ImageStage",
 }
 
 
