@@ -260,3 +260,12 @@ def test_fingerprint_is_stable_and_independent_of_key_order(tmp_path, write_job)
     b.write_text(yaml.safe_dump(reordered, sort_keys=False))
     assert load_job(a).fingerprint() == load_job(b).fingerprint()
     assert len(load_job(a).fingerprint()) == 64
+
+
+@pytest.mark.parametrize("name", ["demo", "lmd-benchmark", "synthetic-dataset"])
+def test_shipped_job_files_validate(name):
+    """The job files README points users at must stay valid as the settings evolve."""
+    job_file = Path(__file__).resolve().parents[1] / "jobs" / f"{name}.yaml"
+    result = run_cli("validate", job_file)
+    assert result.returncode == 0, result.stderr
+    assert "# stages: ingest, layouts, box_latents, images" in result.stdout

@@ -30,7 +30,7 @@ GUIDE = ["mid_block.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.atten
          "up_blocks.1.attentions.1.transformer_blocks.0.attn2"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
     """The tiny SD pipeline, built into a temporary model cache, loaded by the production loader."""
     old = os.environ.get("LMD_BATCH_MODELS")
