@@ -117,6 +117,9 @@ def _print_summary(result: dict, storage_options: dict) -> None:
     for name, svc in (result.get("services") or {}).items():
         if svc.get("started"):
             console.print(f"{name}: {svc['kind']} server started in {svc['startup_s']:.1f} s and stopped")
+    if "images" in st["stages"] and st["stages"]["images"]["rows"]:
+        console.print(f"images: {result['run'].rstrip('/')}/images/png/  (one row per image in "
+                      f"{result['run'].rstrip('/')}/images/data/)")
     done = "all shards done" if all(s["done"] == s["total"] for s in st["stages"].values()) else "INCOMPLETE"
     console.print(f"run folder: {result['run']}  ({done}; {result['pending']} of {result['shards']} shards "
                   f"were pending; wall time {result['seconds']:.1f} s)")

@@ -12,7 +12,20 @@ from lmd_batch.errors import UserError
 from lmd_batch.models.registry import resolve_model
 
 
+def _quiet_loading() -> None:
+    """Batch workers load models in many processes: no per-component progress bars in the logs."""
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.disable_progress_bar()
+        tlog.disable_progress_bar()
+    except ImportError:
+        pass
+
+
 def _open(what: str, ref: str, fn):
+    _quiet_loading()
     try:
         return fn()
     except UserError:
@@ -28,7 +41,7 @@ def _load_pipeline(cls, what: str, ref: str, storage_options: dict | None, dtype
     path = resolve_model(ref, storage_options)
     kwargs = dict(safety_checker=None, requires_safety_checker=False)
     if dtype is not None:
-        kwargs["torch_dtype"] = dtype
+        kwargs["dtype"] = dtype
     pipe = _open(what, ref, lambda: cls.from_pretrained(path, **kwargs))
     pipe.set_progress_bar_config(disable=True)
     return pipe
