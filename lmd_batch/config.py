@@ -157,6 +157,8 @@ class DiffusionConfig(Section):
     ref_ca_loss_weight: float = Field(2.0, ge=0)
     gligen_beta: float = Field(0.4, ge=0, le=1)
     box_batch_size: int = Field(8, ge=1)
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights' dtype: auto = float16 on CUDA, float32 on CPU. Latents stay float32.")
 
 
 class Job(Section):

@@ -42,7 +42,17 @@ def clear_pipeline_cache() -> None:
     _PIPELINES.clear()
 
 
-def cached_model(kind: str, ref: str, device: str | None = None, storage_options: dict | None = None):
+def resolve_dtype(name: str | None, device) -> "torch.dtype":
+    """'auto' -> float16 on CUDA, float32 elsewhere; else the named torch dtype."""
+    import torch
+
+    if not name or name == "auto":
+        return torch.float16 if str(device).startswith("cuda") else torch.float32
+    return getattr(torch, name)
+
+
+def cached_model(kind: str, ref: str, device: str | None = None, storage_options: dict | None = None,
+                 dtype: str | None = None):
     """A loaded model of `kind` ("sd", "gligen", "sam") for reference `ref`, on `device`, cached.
 
     Diffusion pipelines come back in eval mode with every weight's requires_grad off (guidance
@@ -51,14 +61,15 @@ def cached_model(kind: str, ref: str, device: str | None = None, storage_options
     from lmd_batch.models import loaders
 
     device = device or default_device()
-    key = (kind, ref, str(device))
+    torch_dtype = resolve_dtype(dtype, device)
+    key = (kind, ref, str(device), str(torch_dtype))
     if key in _PIPELINES:
         _PIPELINES.move_to_end(key)
         return _PIPELINES[key]
     if kind == "sd":
-        model = loaders.load_sd_pipeline(ref, storage_options)
+        model = loaders.load_sd_pipeline(ref, storage_options, dtype=torch_dtype)
     elif kind == "gligen":
-        model = loaders.load_gligen_pipeline(ref, storage_options)
+        model = loaders.load_gligen_pipeline(ref, storage_options, dtype=torch_dtype)
     elif kind == "sam":
         model = loaders.load_sam(ref, storage_options)
     else:
@@ -124,7 +135,8 @@ def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_m
 
     t = time.perf_counter()
     uses_gligen = method in ("lmd_plus", "gligen")
-    pipe = cached_model("gligen" if uses_gligen else "sd", gligen_model if uses_gligen else model, device)
+    pipe = cached_model("gligen" if uses_gligen else "sd", gligen_model if uses_gligen else model, device,
+                        dtype=getattr(cfg, "dtype", "auto"))
     sam = None
     if method in ("lmd", "lmd_plus") and spec.boxes and getattr(cfg, "mask", "sam") == "sam" and boxes is None:
         sam = cached_model("sam", sam_model, device)
@@ -152,7 +164,10 @@ def generate_layout(layout, method: str, *, model: str, gligen_model: str, sam_m
             timings["per_box_s"] = time.perf_counter() - t
             per_box_passes = int(stats.get("unet_passes", 0))
         t = time.perf_counter()
-        latents, report = overall_generate(pipe, spec, boxes, noise, cfg, method, callback=callback)
+        overall_cfg = cfg
+        if getattr(cfg, "overall_guidance_steps", None) is not None:  # a composition-only setting
+            overall_cfg = cfg.model_copy(update={"guidance_steps": cfg.overall_guidance_steps})
+        latents, report = overall_generate(pipe, spec, boxes, noise, overall_cfg, method, callback=callback)
         timings["overall_s"] = time.perf_counter() - t
     else:
         from lmd_batch.grounding.baselines import gligen_baseline, sd_baseline

@@ -97,7 +97,10 @@ def encode_text(pipe, prompt: str, negative: str, guidance_scale: float) -> Text
     do_cfg = guidance_scale > 1.0
     with torch.no_grad():
         cond, uncond = pipe.encode_prompt(prompt, pipe.device, 1, do_cfg, negative_prompt=negative or None)
-    return TextCondition(cond, uncond if do_cfg else None)
+    # transformers may keep the text encoder in its stored dtype (fp16) while diffusers loads the UNet
+    # in another: the UNet's dtype decides.
+    dtype = pipe.unet.dtype
+    return TextCondition(cond.to(dtype), uncond.to(dtype) if do_cfg and uncond is not None else None)
 
 
 def is_gligen(pipe) -> bool:

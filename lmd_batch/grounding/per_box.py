@@ -218,7 +218,9 @@ def _run_chunk(ctx: _Context, runs: list[BoxRun], store: AttentionStore) -> list
     rows = torch.arange(b, device=ctx.device)
     gligen = _gligen_inputs(ctx, runs) if ctx.method == "lmd_plus" else None
 
-    z = torch.stack([r.initial for r in runs]).to(ctx.device, ctx.dtype) * sched.init_noise_sigma
+    # Latents stay fp32 whatever the UNet's dtype (small guidance and DDIM updates would round
+    # away in fp16); only the UNet's input is cast.
+    z = torch.stack([r.initial for r in runs]).to(ctx.device, torch.float32) * sched.init_noise_sigma
     trajectory = [z.detach().to("cpu", ctx.latent_dtype)]
     attn = {name: [] for name in ctx.transfer_layers}
     sam_sum, sam_n = None, 0
@@ -236,7 +238,8 @@ def _run_chunk(ctx: _Context, runs: list[BoxRun], store: AttentionStore) -> list
                 _set_fuser(unet, False)
             # 1. attention guidance (LMD): the chunk's energies, one backward per iteration
             if i < ctx.box_guidance_steps:
-                fn = UNetEnergy(unet, store, ctx.guide_layers, t, cond, phrases, canvas=SPEC_CANVAS)
+                energy = UNetEnergy(unet, store, ctx.guide_layers, t, cond, phrases, canvas=SPEC_CANVAS)
+                fn = (lambda x, idx, e=energy: e(x.to(ctx.dtype), idx)) if ctx.dtype != torch.float32 else energy
                 res = guide_latents(z, fn, step_index=i, alphabar_t=alphabar(sched, t),
                                     loss_scale=ctx.cfg.loss_scale, loss_threshold=ctx.cfg.loss_threshold,
                                     guidance_steps=ctx.box_guidance_steps, prev_energy=prev)
@@ -251,11 +254,11 @@ def _run_chunk(ctx: _Context, runs: list[BoxRun], store: AttentionStore) -> list
                                                enabled=True, detach=True, max_records=1, stop_after=None,
                                                device=None):
                 inp = torch.cat([z, z]) if ctx.do_cfg else z
-                inp = sched.scale_model_input(inp, t)
+                inp = sched.scale_model_input(inp, t).to(ctx.dtype)
                 kwargs = {}
                 if gligen is not None:
                     kwargs["cross_attention_kwargs"] = {"gligen": dict(gligen)}
-                out = unet(inp, t, encoder_hidden_states=ehs, **kwargs).sample
+                out = unet(inp, t, encoder_hidden_states=ehs, **kwargs).sample.float()
                 record = store.last()
             passes += 1
             ctx.stats["cfg_passes"] += 1

@@ -33,6 +33,7 @@ def box_key_fields(job, spec, box_index: int, prompt_id: str, sample: int, ident
         gligen_beta=cfg.gligen_beta if method == "lmd_plus" else None,
         fg_blending_ratio=default_blending_ratio(method, cfg.fg_blending_ratio),
         mask=cfg.mask, sam=identities.get("sam") if cfg.mask == "sam" else None, latent_dtype="float16",
+        dtype=str(identities.get("dtype")),
     )
 
 
@@ -54,7 +55,10 @@ class BoxLatentStage(Stage):
             from lmd_batch.pipeline.stage2_common import model_identity
 
             cfg = self.job.diffusion
-            self._identities = {"sd": model_identity(cfg.model), "gligen": model_identity(cfg.gligen_model)}
+            from lmd_batch.grounding.generate import default_device, resolve_dtype
+
+            self._identities = {"sd": model_identity(cfg.model), "gligen": model_identity(cfg.gligen_model),
+                                "dtype": str(resolve_dtype(cfg.dtype, default_device()))}
             if cfg.mask == "sam":
                 self._identities["sam"] = model_identity(cfg.sam_model)
         return self._identities
@@ -92,7 +96,7 @@ class BoxLatentStage(Stage):
 
             t0 = time.perf_counter()
             kind = "gligen" if cfg.method == "lmd_plus" else "sd"
-            pipe = cached_model(kind, cfg.gligen_model if kind == "gligen" else cfg.model)
+            pipe = cached_model(kind, cfg.gligen_model if kind == "gligen" else cfg.model, dtype=cfg.dtype)
             sam = cached_model("sam", cfg.sam_model) if cfg.mask == "sam" else None
             gen_stats: dict = {}
             results = generate_boxes(pipe, specs, cfg, job.seed, cfg.method, sam, cfg.mask, cfg.box_batch_size,

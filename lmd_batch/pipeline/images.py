@@ -39,8 +39,6 @@ class ImageStage(Stage):
         by_layout: dict[str, list[dict]] = {}
         for r in upstream_table.to_pylist():
             by_layout.setdefault(r["layout_id"], []).append(r)
-        overall_cfg = cfg.model_copy(update={"guidance_steps": cfg.overall_guidance_steps
-                                             if cfg.overall_guidance_steps is not None else cfg.guidance_steps})
         rows, rejects = [], []
         stats = {"rows_in": len(layouts), "unet_passes": 0, "load_seconds": 0.0, "generate_seconds": 0.0}
         for lay in layouts:
@@ -55,7 +53,7 @@ class ImageStage(Stage):
                     raise StorageError(f"a box latent of {lay['layout_id']} is missing from {self.cache.loc.url}; "
                                        f"rerun to regenerate it")
             res = generate_layout(row_layout(lay), cfg.method, model=cfg.model, gligen_model=cfg.gligen_model,
-                                  sam_model=cfg.sam_model, cfg=overall_cfg, job_seed=job.seed,
+                                  sam_model=cfg.sam_model, cfg=cfg, job_seed=job.seed,
                                   prompt_id=lay["prompt_id"], sample=lay["sample"], prompt=lay["prompt"],
                                   max_boxes=job.llm.max_boxes, boxes=boxes)
             png = png_bytes(res.image)
