@@ -27,12 +27,21 @@ class RayStageActor:
         from lmd_batch.config import Job
 
         job = Job.model_validate_json(job_json)
+        self.ledger = reporter
         self.worker = ShardWorker(stage_name, job, manifest_sha,
                                   reporter=lambda *a: reporter.report.remote(*a), services=services)
 
     def __call__(self, batch: dict) -> dict:
+        import ray
+
         for shard_json in batch["shard"]:
-            self.worker.run_shard(json.loads(shard_json))
+            try:
+                self.worker.run_shard(json.loads(shard_json))
+            except UserError as exc:
+                # Ray Data wraps worker exceptions and loses their cause on the way to the driver;
+                # the ledger carries the one-line error back instead.
+                ray.get(self.ledger.fail.remote(exc))
+                raise
         return batch
 
 
@@ -41,6 +50,13 @@ class ProgressLedger:
 
     def __init__(self):
         self.events: list[tuple] = []
+        self.failures: list = []
+
+    def fail(self, exc) -> None:
+        self.failures.append(exc)
+
+    def first_failure(self):
+        return self.failures[0] if self.failures else None
 
     def report(self, stage, shard_id, status, rows, rejects, seconds):
         self.events.append((stage, shard_id, status, rows, rejects, seconds))
@@ -115,6 +131,11 @@ def _execute_ray(job, stages, shards, manifest_sha, on_event, log, services):
     try:
         for _ in ds.iter_batches(batch_size=None):
             pass
+    except Exception:
+        failure = ray.get(ledger.first_failure.remote())
+        if failure is not None:
+            raise failure from None
+        raise
     finally:
         stop.set()
         t.join()
