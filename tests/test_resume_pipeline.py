@@ -113,3 +113,45 @@ def test_sigkill_whole_pipeline_five_times_then_resume_is_byte_identical(tmp_pat
         assert sorted(ids) == sorted(f"p{i:09d}" for i in range(N)), "a prompt is missing or duplicated"
     finally:
         server.close()
+
+
+def _ray_workers(name: str) -> list[int]:
+    """PIDs of Ray Data map workers whose process title names the stage actor class."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                cmd = (d / "cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                continue
+            if name.encode() in cmd:
+                out.append(int(d.name))
+    return out
+
+
+def test_killed_worker_actor_is_restarted_and_its_shard_redone_identically(tmp_path):
+    answers = {f"prompt number {i}": LAYOUTS[i % 3] for i in range(N)}
+    server = ReplayLLM(answers, api_key=KEY)
+    try:
+        ref_job = _job(tmp_path, server.url, "reference")
+        p = _cli(ref_job)
+        assert p.wait(900) == 0, ref_job.with_suffix(".log").read_text()[-3000:]
+
+        job = _job(tmp_path, server.url, "workerkill")
+        run = tmp_path / "workerkill"
+        p = _cli(job)
+        killed = []
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None and not killed:
+            if _done(run, "box_latents") >= 1 and _done(run, "images") < N // 8 - 2:
+                workers = _ray_workers("MapWorker(MapBatches(RayStageActor))")
+                if len(workers) >= 2:  # the stage actors of box latents and images are up: kill one
+                    os.kill(workers[-1], signal.SIGKILL)
+                    killed.append(workers[-1])
+            time.sleep(0.05)
+        assert killed, "no worker actor was found to kill"
+        assert p.wait(900) == 0, job.with_suffix(".log").read_text()[-3000:]
+        ref_files, run_files = _snapshot(tmp_path / "reference"), _snapshot(run)
+        assert ref_files == run_files
+    finally:
+        server.close()
