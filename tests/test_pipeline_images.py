@@ -87,6 +87,14 @@ def test_lmd_pipeline_cache_recompose_and_determinism(tmp_path, endpoint, monkey
     assert _counters(run, "box_latents")["cache_misses"] == 4
     assert len(list((tmp_path / "cache1" / "boxes").rglob("*.safetensors"))) == 4
 
+    # A rerun of the finished run does no work at all (no Ray, no model, no request).
+    from lmd_batch.config import load_job
+    from lmd_batch.pipeline.runner import run_job
+
+    asked = endpoint.count()
+    again = run_job(load_job(_job(tmp_path, endpoint, "run1", "cache1")), log=lambda *a: None)
+    assert again["pending"] == 0 and again["services"] == {} and endpoint.count() == asked
+
     # Recompose as a new run: only composition settings change, every box comes from the cache.
     run2 = _run(_job(tmp_path, endpoint, "run2", "cache1", frozen_step_ratio=0.25, ref_ca_loss_weight=1.0,
                      overall_guidance_steps=1), monkeypatch)
