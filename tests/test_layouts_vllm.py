@@ -90,7 +90,9 @@ def _vllm_pids() -> set[int]:
     for d in Path("/proc").iterdir():
         if d.name.isdigit():
             try:
-                if b"vllm.entrypoints.openai.api_server" in (d / "cmdline").read_bytes():
+                cmd = (d / "cmdline").read_bytes()
+                # the server (and its guard), and vLLM's engine process, which renames itself
+                if b"vllm.entrypoints.openai.api_server" in cmd or cmd.startswith(b"VLLM::"):
                     out.add(int(d.name))
             except OSError:
                 pass

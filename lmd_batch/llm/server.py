@@ -5,10 +5,13 @@ lives in `.venv-llm` and we talk to it over HTTP like to any other endpoint. The
 a 2-core CPU (bf16, eager, in-process engine, both cores bound) are the defaults here; on a GPU node
 the same class starts the CUDA vllm from `llm.python`.
 
-Stopping: SIGTERM to the server's PID, then SIGKILL to the process group we created for it
-(start_new_session), never a pkill by name. If the process that started it dies without stopping it
-(a SIGKILLed driver or actor), the kernel sends the server SIGTERM (PR_SET_PDEATHSIG), so no
-orphaned server keeps 2 GB and the port.
+Stopping: the server runs under a small guard process (`_GUARD`), leader of a process group of its
+own (start_new_session) that also holds vLLM's engine-core child. SIGTERM to the guard forwards
+SIGTERM to the server, waits, then SIGKILLs the whole group: the server and its engine, never
+anything found by name. If the process that started it dies without stopping it (a SIGKILLed
+driver or Ray actor), the kernel sends the guard SIGTERM (PR_SET_PDEATHSIG), with the same effect:
+no orphaned engine keeps 2 GB. (Without the guard, the api_server died on PDEATHSIG but its
+`VLLM::EngineCore` child lived on, re-parented to init.)
 """
 
 from __future__ import annotations
@@ -40,6 +43,35 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+_GUARD = r"""
+import ctypes, os, signal, subprocess, sys, time
+def pdeathsig():  # if the guard is SIGKILLed (Ray kills a dead actor's children), the server gets
+    ctypes.CDLL("libc.so.6").prctl(1, signal.SIGTERM)  # SIGTERM and shuts its engine down itself
+child = subprocess.Popen(sys.argv[1:], preexec_fn=pdeathsig)
+def reap():  # every other process of our group: the server and vLLM's engine-core process
+    me, group = os.getpid(), os.getpgid(0)
+    for name in os.listdir("/proc"):
+        if name.isdigit() and int(name) != me:
+            try:
+                if os.getpgid(int(name)) == group:
+                    os.kill(int(name), signal.SIGKILL)
+            except OSError:
+                pass
+def stop(*_):
+    child.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + float(os.environ.get("LMD_BATCH_VLLM_GRACE_S", "15"))
+    while child.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    reap()
+    os._exit(143)
+signal.signal(signal.SIGTERM, stop)
+signal.signal(signal.SIGINT, stop)
+code = child.wait()
+reap()
+sys.exit(code)
+"""
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
@@ -103,7 +135,8 @@ class ManagedServer:
         t0 = time.perf_counter()
         self.log(f"starting vLLM server for {self.served_name} on {self.url} (log: {self.log_path})")
         with open(self.log_path, "wb") as out:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([self.python, "-c", _GUARD] + cmd, env=env, stdout=out,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True, preexec_fn=_die_with_parent)
         try:
             self._wait_healthy()
