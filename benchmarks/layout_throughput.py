@@ -30,7 +30,10 @@ tokens/s, how many completions `read_layout` accepts, and the ratio vLLM / HF (t
 "layouts/s" counts completions (one layout attempt per prompt) per second of generation;
 "accepted/s" counts only those `read_layout` accepts. Tokens are completion tokens up to and
 including EOS (vLLM: from `usage`), so padding and the steps a finished row idles while the rest
-of its HF batch goes on are not counted as work.
+of its HF batch goes on are not counted as work. "cores ours/others" is how many cores our
+processes (this one, or the server's process tree) and everything else kept busy on average during
+a phase: with 2 cores anything else running skews the timing, so a phase with "others" well above
+0 is not a clean measurement.
 
 Run (the full measurement takes a while on 2 cores; the HF phase prints a line per batch):
 
@@ -52,6 +55,47 @@ import time
 
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+class CpuMeter:
+    """Core-seconds used during a phase by our processes and by everything else on the machine.
+
+    The machine has 2 cores, so anything else running (a test suite, another server) halves what
+    either side gets; "others" in the report says whether a phase's timing is clean.
+    """
+
+    def __init__(self, *roots):
+        import psutil
+
+        self.psutil, self.roots = psutil, [psutil.Process(r) for r in roots] or [psutil.Process()]
+        self.t0, self.busy0, self.ours0 = time.perf_counter(), self._busy(), self._ours()
+
+    def _busy(self) -> float:
+        t = self.psutil.cpu_times()
+        return sum(t) - t.idle - getattr(t, "iowait", 0.0)
+
+    def _ours(self) -> float:
+        total = 0.0
+        for root in self.roots:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    c = p.cpu_times()
+                    total += c.user + c.system
+                except self.psutil.Error:
+                    pass
+        return total
+
+    def stop(self) -> dict:
+        wall = time.perf_counter() - self.t0
+        ours, busy = self._ours() - self.ours0, self._busy() - self.busy0
+        return dict(ours_cores=ours / wall, others_cores=max(0.0, busy - ours) / wall)
+
+
+def cpu_meter(*roots):
+    try:
+        return CpuMeter(*roots)
+    except Exception:  # psutil missing: report no CPU figures
+        return None
 
 
 # --------------------------------------------------------------------------- requests
@@ -105,11 +149,14 @@ def run_vllm(job, reqs, concurrency: int, server_args: list[str]) -> dict:
         # A generous timeout and no retries: a retried request would be counted twice.
         client = LLMClient([server.url], job.llm.model, job.llm.mode, timeout_s=3600, retries=0,
                            concurrency=concurrency)
+        meter = cpu_meter(os.getpid(), server.proc.pid)
         t0 = time.perf_counter()
         results = client.run([r.body for r in reqs], on_result=progress)
         gen_s = time.perf_counter() - t0
+        cpu = meter.stop() if meter else None
         started_s = server.started_s
     comps = [r for r in results if isinstance(r, Completion)]
+    ok = [isinstance(r, Completion) and accepted(r.text, job.llm.max_boxes) for r in results]
     failures = [r for r in results if not isinstance(r, Completion)]
     for f in failures[:3]:
         log(f"vllm failure: {f.reason}: {f.detail}")
@@ -120,8 +167,11 @@ def run_vllm(job, reqs, concurrency: int, server_args: list[str]) -> dict:
         completion_tokens=sum(int(c.usage.get("completion_tokens") or 0) for c in comps),
         prompt_tokens=[int(c.usage.get("prompt_tokens") or 0) for c in comps],
         hit_max_tokens=sum(c.finish_reason == "length" for c in comps),
-        accepted=sum(accepted(c.text, job.llm.max_boxes) for c in comps),
-        sample_text=comps[0].text[:300] if comps else None,
+        accepted=sum(ok), cpu=cpu,
+        outputs=[dict(prompt=q.prompt, seed=q.seed, accepted=a, **(
+            dict(text=r.text, tokens=r.usage.get("completion_tokens"), finish_reason=r.finish_reason)
+            if isinstance(r, Completion) else dict(failure=f"{r.reason}: {r.detail}")))
+            for q, r, a in zip(reqs, results, ok)],
     )
 
 
@@ -147,8 +197,9 @@ def run_hf(job, reqs, batch: int, dtype_name: str, greedy: bool) -> dict:
                 dict(do_sample=True, temperature=job.llm.temperature, top_k=0, top_p=1.0))
 
     max_new = job.llm.max_tokens
-    texts, ntoks, prompt_tokens, hit_max = [], [], [], 0
+    texts, ntoks, prompt_tokens, hit_max, batches = [], [], [], 0, []
     nb = (len(reqs) + batch - 1) // batch
+    meter = cpu_meter()
     t0 = time.perf_counter()
     for b in range(nb):
         chunk = reqs[b * batch:(b + 1) * batch]
@@ -169,16 +220,21 @@ def run_hf(job, reqs, batch: int, dtype_name: str, greedy: bool) -> dict:
             batch_tokens += n
             texts.append(tok.decode(row[:n], skip_special_tokens=True))
         dt = time.perf_counter() - tb
+        batches.append(dict(prompts=len(chunk), seconds=dt, new_tokens=batch_tokens, steps=gen.shape[1]))
         elapsed = time.perf_counter() - t0
         log(f"hf batch {b + 1}/{nb}: {len(chunk)} prompts, {batch_tokens} new tokens (longest {gen.shape[1]}), "
             f"{dt:.1f} s ({batch_tokens / dt:.1f} tok/s); elapsed {elapsed:.0f} s, "
             f"ETA {elapsed / (b + 1) * (nb - b - 1):.0f} s")
     gen_s = time.perf_counter() - t0
+    cpu = meter.stop() if meter else None
+    ok = [accepted(t, job.llm.max_boxes) for t in texts]
     return dict(
         setup_s=load_s, gen_s=gen_s, prompts=len(reqs), completions=len(texts), failures=0,
         completion_tokens=sum(ntoks), prompt_tokens=prompt_tokens, hit_max_tokens=hit_max,
-        accepted=sum(accepted(t, job.llm.max_boxes) for t in texts), sample_text=texts[0][:300] if texts else None,
-        dtype=dtype_name, decoding="greedy" if greedy else f"sampling T={job.llm.temperature}",
+        accepted=sum(ok), cpu=cpu, dtype=dtype_name, batches=batches,
+        decoding="greedy" if greedy else f"sampling T={job.llm.temperature}",
+        outputs=[dict(prompt=q.prompt, seed=q.seed, accepted=a, text=t, tokens=n)
+                 for q, t, n, a in zip(reqs, texts, ntoks, ok)],
     )
 
 
@@ -245,13 +301,16 @@ def report(args, mach, vers, vl: dict, hf: dict) -> dict:
     extra = f", server args {args.server_args!r}" if args.server_args.strip() else ""
     print(f"vLLM: managed server, bf16 eager, JSON schema, concurrency {args.concurrency}{extra}; "
           f"HF: generate(), {hf['dtype']}, {hf['decoding']}, batch {args.hf_batch}, left padding, 2 threads\n")
-    head = ("", "setup s", "gen s", "layouts", "layouts/s", "compl tok", "tok/s", "accepted", "accepted/s",
-            "hit max")
+    head = ("", "setup s", "gen s", "layouts", "layouts/s", "compl tok", "tok/layout", "tok/s", "accepted",
+            "accepted/s", "hit max", "cores ours/others")
     rows = []
     for name, r, rr in (("vLLM server", vl, rv), ("HF generate", hf, rh)):
+        cpu = r.get("cpu")
         rows.append((name, f"{r['setup_s']:.1f}", f"{r['gen_s']:.1f}", f"{r['completions']}/{r['prompts']}",
-                     f"{rr['layouts_per_s']:.3f}", str(r["completion_tokens"]), f"{rr['tokens_per_s']:.1f}",
-                     f"{r['accepted']}/{r['prompts']}", f"{rr['accepted_per_s']:.3f}", str(r["hit_max_tokens"])))
+                     f"{rr['layouts_per_s']:.3f}", str(r["completion_tokens"]),
+                     f"{r['completion_tokens'] / max(1, r['completions']):.0f}", f"{rr['tokens_per_s']:.1f}",
+                     f"{r['accepted']}/{r['prompts']}", f"{rr['accepted_per_s']:.3f}", str(r["hit_max_tokens"]),
+                     f"{cpu['ours_cores']:.2f}/{cpu['others_cores']:.2f}" if cpu else "-"))
     widths = [max(len(str(row[i])) for row in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
         print("  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
@@ -263,10 +322,14 @@ def report(args, mach, vers, vl: dict, hf: dict) -> dict:
           f" ({'identical' if same_prompt else 'DIFFERENT'})")
     if vl["failures"]:
         print(f"vLLM failures: {vl['failures']} (counted as no layout)")
+    for name, r in (("vLLM", vl), ("HF", hf)):
+        if r.get("cpu") and r["cpu"]["others_cores"] > 0.2:
+            print(f"WARNING: other processes kept {r['cpu']['others_cores']:.2f} of the {mach['cores']} cores busy "
+                  f"during the {name} phase: its timing is not clean; rerun on an idle machine")
     return dict(
         args=vars(args), machine=mach, versions=vers, ratios=ratios, prompt_tokens_identical=same_prompt,
-        vllm={**{k: v for k, v in vl.items() if k != "prompt_tokens"}, **rv},
-        hf={**{k: v for k, v in hf.items() if k != "prompt_tokens"}, **rh},
+        vllm={**rv, **{k: v for k, v in vl.items() if k != "prompt_tokens"}},
+        hf={**rh, **{k: v for k, v in hf.items() if k != "prompt_tokens"}},
     )
 
 
