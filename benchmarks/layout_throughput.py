@@ -17,14 +17,25 @@ tokens/s, how many completions `read_layout` accepts, and the ratio vLLM / HF (t
    prefilled in chunks, which happens when many ~1000-token prompts arrive at once);
    `--server-args` adds flags.
 2. transformers: after the server has stopped, the same model folder is loaded with
-   `AutoModelForCausalLM` (bf16 by default: on this 2-core AMD EPYC with avx512_bf16 it decoded
-   176 tok/s against 129 tok/s in fp32, ../shared/docs/ENV-VLLM-CPU.md section 7; `--hf-dtype
-   fp32` to check), 2 torch threads like the server. The SAME chat messages go through
-   `apply_chat_template` (left padding), batches of `--hf-batch`, `generate()` samples with the
-   request's temperature (0.25, no top-k/top-p, like the server; `--hf-greedy` for greedy) up to
-   the same max_new_tokens, and each sequence stops at EOS (<|im_end|>). One torch seed per batch
-   (the first request's seed): `generate()` cannot seed each row. There is no JSON schema, so
-   expect fewer accepted layouts.
+   `AutoModelForCausalLM` in fp32 (`--hf-dtype bf16` to compare), 2 torch threads like the
+   server. The SAME chat messages go through `apply_chat_template` (left padding), batches of
+   `--hf-batch`, `generate()` samples with the request's temperature (0.25, no top-k/top-p, like
+   the server; `--hf-greedy` for greedy) up to the same max_new_tokens, and each sequence stops at
+   EOS (<|im_end|>). One torch seed per batch (the first request's seed): `generate()` cannot seed
+   each row. There is no JSON schema, so expect fewer accepted layouts.
+
+   Why fp32: with these ~1020-token prompts on the 2-core AMD EPYC (avx512_bf16), bf16 prefills
+   faster (about 15 s against 38 s for a batch of 16) but decodes slower (about 0.29 against
+   0.11 s per step at batch 16: bf16 attention over a long left-padded context is slow on CPU).
+   Measured on the idle machine, 16 attribution prompts in one batch: bf16 39 s, fp32 50 s (longest
+   rows 81 and 105 tokens), so bf16 wins only while every row of a batch stops within ~130 tokens.
+   Unconstrained sampling sometimes loops until max_new_tokens ("a cat in a room with a cat in a
+   room ..."), and such a batch costs about twice as much in bf16. (ENV-VLLM-CPU.md section 7 found
+   bf16 faster, with short prompts.)
+
+The first 256 prompts hold 116 distinct ones (negation prompts repeat 10 times, numeracy twice,
+with the same seed); both sides answer all of them, while the pipeline asks identical requests
+once per shard.
 
 "layouts/s" counts completions (one layout attempt per prompt) per second of generation;
 "accepted/s" counts only those `read_layout` accepts. Tokens are completion tokens up to and
@@ -74,14 +85,19 @@ class CpuMeter:
         return sum(t) - t.idle - getattr(t, "iowait", 0.0)
 
     def _ours(self) -> float:
-        total = 0.0
+        procs = {}  # by pid: the server is our child, so it is under both roots
         for root in self.roots:
-            for p in [root, *root.children(recursive=True)]:
-                try:
-                    c = p.cpu_times()
-                    total += c.user + c.system
-                except self.psutil.Error:
-                    pass
+            try:
+                procs.update((p.pid, p) for p in [root, *root.children(recursive=True)])
+            except self.psutil.Error:
+                pass
+        total = 0.0
+        for p in procs.values():
+            try:
+                c = p.cpu_times()
+                total += c.user + c.system
+            except self.psutil.Error:
+                pass
         return total
 
     def stop(self) -> dict:
@@ -343,7 +359,7 @@ def main(argv=None) -> int:
     ap.add_argument("--hf-batch", type=int, default=16, help="transformers generate() batch size (16)")
     ap.add_argument("--concurrency", type=int, default=32, help="requests in flight to the vLLM server (32)")
     ap.add_argument("--max-tokens", type=int, default=900, help="max completion tokens, both sides (900)")
-    ap.add_argument("--hf-dtype", choices=("bf16", "fp32"), default="bf16", help="HF weights dtype (bf16)")
+    ap.add_argument("--hf-dtype", choices=("bf16", "fp32"), default="fp32", help="HF weights dtype (fp32)")
     ap.add_argument("--hf-greedy", action="store_true", help="HF greedy decoding instead of sampling at T=0.25")
     ap.add_argument("--server-args", default="",
                     help="extra vLLM server flags added to the pipeline's own (default: none)")
