@@ -85,6 +85,24 @@ def write_job():
     return make_job_file
 
 
+@pytest.fixture
+def generate_cli():
+    """`generate_cli(*args)`: `lmd-batch generate ...` in-process through typer's CliRunner."""
+    import typer
+    from typer.testing import CliRunner
+
+    from lmd_batch.cli_generate import register
+
+    app = typer.Typer()
+
+    @app.callback()
+    def main():  # a group, so that `generate` is a subcommand as in the real CLI
+        pass
+
+    register(app)
+    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
+
+
 def lmd_batch_cmd() -> list[str]:
     """The installed `lmd-batch` console script of this environment (or `python -m lmd_batch.cli`)."""
     script = Path(sys.executable).parent / "lmd-batch"

@@ -68,23 +68,6 @@ def run(lay, method, cfg, **kw):
     return generate_layout(lay, method, **args)
 
 
-@pytest.fixture
-def cli():
-    import typer
-    from typer.testing import CliRunner
-
-    from lmd_batch.cli_generate import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, so that `generate` is a subcommand as in the real CLI
-        pass
-
-    register(app)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
-
-
 # ---------------------------------------------------------------------------------------------
 # LMD on an SD2-shaped (v-prediction) model, the whole of stage 2
 # ---------------------------------------------------------------------------------------------
@@ -140,7 +123,7 @@ def fifty_boxes():
             for i in range(50)]
 
 
-def test_fifty_boxes_are_capped_with_a_warning(models, cli, tmp_path):
+def test_fifty_boxes_are_capped_with_a_warning(models, generate_cli, tmp_path):
     cfg = DiffusionConfig(steps=2, size=128, guidance_steps=1, mask="box")  # box_batch_size 8
     res = run(layout(*fifty_boxes()), "lmd", cfg)
     assert "capped 50 boxes to 16" in res.report["warnings"]
@@ -158,7 +141,7 @@ def test_fifty_boxes_are_capped_with_a_warning(models, cli, tmp_path):
     path.write_text(json.dumps({"objects": [{"caption": c, "box": list(b)} for c, b in fifty_boxes()],
                                 "background": BG, "negative": ""}))
     out = tmp_path / "out"
-    r = cli("generate", "--layout", path, "--method", "lmd", "--steps", 2, "--size", 128, "--mask", "box",
+    r = generate_cli("generate", "--layout", path, "--method", "lmd", "--steps", 2, "--size", 128, "--mask", "box",
             "--device", "cpu", "--out", out)
     assert r.exit_code == 0, r.output
     report = json.loads((out / "report.json").read_text())
@@ -200,7 +183,7 @@ def _files(folder):
     return out
 
 
-def test_same_seed_same_png_bytes_for_every_method(models, cli, tmp_path):
+def test_same_seed_same_png_bytes_for_every_method(models, generate_cli, tmp_path):
     path = tmp_path / "layout.json"
     path.write_text(json.dumps({"objects": [{"caption": "a cat", "box": [32, 96, 192, 320]},
                                             {"caption": "a dog", "box": [288, 96, 192, 320]}],
@@ -209,7 +192,7 @@ def test_same_seed_same_png_bytes_for_every_method(models, cli, tmp_path):
 
     def gen(method, tag, seed=3):
         out = tmp_path / f"{method}-{tag}"
-        r = cli("generate", "--layout", path, "--method", method, "--steps", 4, "--size", 128, "--seed", seed,
+        r = generate_cli("generate", "--layout", path, "--method", method, "--steps", 4, "--size", 128, "--seed", seed,
                 "--mask", "sam", "--device", "cpu", "--out", out)
         assert r.exit_code == 0, (method, r.output)
         return _files(out)

@@ -378,24 +378,7 @@ def test_generate_layout_lmd_end_to_end(models):
 # `lmd-batch generate`
 # ---------------------------------------------------------------------------------------------
 
-@pytest.fixture
-def cli():
-    import typer
-    from typer.testing import CliRunner
-
-    from lmd_batch.cli_generate import register
-
-    app = typer.Typer()
-
-    @app.callback()
-    def main():  # a group, so that `generate` is a subcommand as in the real CLI
-        pass
-
-    register(app)
-    return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
-
-
-def test_cli_generate_writes_image_boxes_masks_and_report(models, cli, tmp_path):
+def test_cli_generate_writes_image_boxes_masks_and_report(models, generate_cli, tmp_path):
     pytest.importorskip("lmd_batch.grounding.per_box")
     from PIL import Image
 
@@ -404,7 +387,7 @@ def test_cli_generate_writes_image_boxes_masks_and_report(models, cli, tmp_path)
                                               {"caption": "a dog", "box": [288, 96, 192, 320]}],
                                   "background": BG, "negative": "people"}))
     out = tmp_path / "out"
-    r = cli("generate", "--layout", layout, "--method", "lmd", "--model", "tiny-sd", "--steps", 6, "--size", 128,
+    r = generate_cli("generate", "--layout", layout, "--method", "lmd", "--model", "tiny-sd", "--steps", 6, "--size", 128,
             "--seed", 3, "--mask", "box", "--out", out)
     assert r.exit_code == 0, r.output
     assert "wrote" in r.output and "in-box attention" in r.output
@@ -430,14 +413,14 @@ def test_cli_generate_writes_image_boxes_masks_and_report(models, cli, tmp_path)
     text = tmp_path / "layout.txt"
     text.write_text("Objects: [('a cat', [32, 96, 192, 320])]\nBackground prompt: a room\nNegative prompt: \n")
     out2 = tmp_path / "out2"
-    r = cli("generate", "--layout", text, "--method", "sd", "--steps", 3, "--size", 128, "--out", out2)
+    r = generate_cli("generate", "--layout", text, "--method", "sd", "--steps", 3, "--size", 128, "--out", out2)
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in out2.iterdir()) == ["image.png", "report.json"]
     rep2 = json.loads((out2 / "report.json").read_text())
     assert rep2["layout"]["format"] == "text" and rep2["method"] == "sd"
 
 
-def test_cli_generate_bad_inputs_are_one_line_errors(cli, tmp_path):
+def test_cli_generate_bad_inputs_are_one_line_errors(generate_cli, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     cases = [
@@ -453,15 +436,15 @@ def test_cli_generate_bad_inputs_are_one_line_errors(cli, tmp_path):
     ok.write_text('{"objects": [], "background": "a beach", "negative": ""}')
     cases.append((["--layout", ok, "--size", 100], "invalid setting: size"))
     for args, expect in cases:
-        r = cli("generate", *args, "--out", tmp_path / "o")
+        r = generate_cli("generate", *args, "--out", tmp_path / "o")
         assert r.exit_code == 1, (args, r.output)
         lines = [line for line in r.output.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: ") and expect in lines[0], (args, r.output)
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_generate_help(cli):
-    r = cli("generate", "--help")
+def test_cli_generate_help(generate_cli):
+    r = generate_cli("generate", "--help")
     assert r.exit_code == 0
     for word in ("--layout", "--method", "--steps", "--size", "--seed", "--out", "lmd_plus", "report.json",
                  "box-NN.png", "text format", "[x, y, w, h]"):
