@@ -30,7 +30,7 @@ app.add_typer(models_app, name="models")
 def _register_bench() -> None:
     from lmd_batch.cli_bench import bench_app
 
-    app.add_typer(bench_app, name="bench", help="Benchmarks: LMD layout-level accuracy (and later image-level).")
+    app.add_typer(bench_app, name="bench", help="Benchmarks: LMD accuracy of layouts (stage 1) and of images (OWL-ViT).")
 
 
 _register_bench()
@@ -120,6 +120,9 @@ def _print_summary(result: dict, storage_options: dict) -> None:
     if "images" in st["stages"] and st["stages"]["images"]["rows"]:
         console.print(f"images: {result['run'].rstrip('/')}/images/png/  (one row per image in "
                       f"{result['run'].rstrip('/')}/images/data/)")
+    if "evaluate" in st["stages"] and st["stages"]["evaluate"]["rows"]:
+        console.print(f"evaluation: lmd-batch bench images --run {result['run']} --no-evaluate   "
+                      f"(report: lmd-batch report {result['run']} --out report.html)")
     done = "all shards done" if all(s["done"] == s["total"] for s in st["stages"].values()) else "INCOMPLETE"
     console.print(f"run folder: {result['run']}  ({done}; {result['pending']} of {result['shards']} shards "
                   f"were pending; wall time {result['seconds']:.1f} s)")

@@ -14,7 +14,7 @@ from typing import Optional
 import typer
 
 bench_app = typer.Typer(
-    help="LMD benchmark tools: score stage-1 layouts on the 400-prompt LMD benchmark.",
+    help="LMD benchmark tools: the 400-prompt LMD benchmark at layout level (stage 1) and on images.",
     no_args_is_help=True,
 )
 
@@ -82,6 +82,86 @@ def layouts(
     for key, value in scores.items():
         table.add_row(key, f"{value:.1f}", style="bold" if key == "overall" else None)
     Console().print(table)
+
+
+@bench_app.command("images")
+def images(
+    run: str = typer.Option(..., "--run", help="Run folder (path or URL) whose images to evaluate."),
+    as_json: bool = typer.Option(False, "--json", help="Print {method: {category: %, overall, images}, "
+                                 "'layouts': {...}, 'shards': {...}, 'missing': [...]} as one JSON object."),
+    executor: Optional[str] = typer.Option(None, "--executor", help="'ray' or 'local' (default: the run's job)."),
+    no_evaluate: bool = typer.Option(False, "--no-evaluate", help="Only print the table of what is already "
+                                     "evaluated; run nothing."),
+) -> None:
+    """Image-level LMD benchmark: OWL-ViT on the run's images (LMD's protocol), one table for all methods.
+
+    Runs the `evaluate` stage over every finished images shard of RUN (resumable like any stage;
+    the detector and thresholds are the job's `evaluation` settings), then prints accuracy per
+    method and category with the run's layout-level accuracy as the upper-bound row. Unfinished
+    shards are listed, not guessed at.
+    """
+    from pathlib import Path as _Path
+
+    from lmd_batch.config import resolve_location
+    from lmd_batch.errors import UserError
+    from lmd_batch.evaluate.summary import format_table, summarize_run
+    from lmd_batch.storage.run_folder import RunFolder
+
+    url = resolve_location(run, _Path.cwd())
+    try:
+        if not no_evaluate:
+            _run_evaluate(url, executor)
+        summary = summarize_run(RunFolder(url))
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    for line in summary["missing"]:
+        typer.echo(f"warning: {line}; evaluated what is finished", err=True)
+    if as_json:
+        typer.echo(json.dumps(dict(summary["methods"], layouts=summary["layouts"], shards=summary["shards"],
+                                   missing=summary["missing"], rejects=summary["rejects"])))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = format_table(summary)
+    table = Table(title=f"LMD image accuracy (%), OWL-ViT: {url}")
+    for i, col in enumerate(rows[0]):
+        table.add_column(col, justify="left" if i == 0 else "right")
+    for r in rows[1:]:
+        table.add_row(*r, style="dim" if r[0].startswith("layouts") else None)
+    console = Console()
+    console.print(table)
+    if not summary["methods"]:
+        console.print("no benchmark images evaluated (make the run's input with `lmd-batch bench prompts`)")
+    if summary["rejects"]:
+        console.print(f"{summary['rejects']} images could not be evaluated (see {url}/evaluate/rejects/); "
+                      f"they count as failures")
+    if summary["other_images"]:
+        console.print(f"{summary['other_images']} images of non-benchmark prompts: detector verification only")
+
+
+def _run_evaluate(url: str, executor: str | None) -> None:
+    """Run the evaluate stage of the run's own job over its finished images shards."""
+    from lmd_batch.config import Job
+    from lmd_batch.errors import RunFolderError, UserError
+    from lmd_batch.pipeline.runner import run_job
+    from lmd_batch.storage.run_folder import RunFolder
+
+    info = RunFolder(url).read_run_info()
+    if info is None:
+        raise RunFolderError(f"{url} is not an lmd-batch run folder (no run.json)")
+    # run.json holds storage options redacted: credentials come from the environment here.
+    job = Job.model_validate(dict(info["job"], run=dict(info["job"]["run"], url=url, storage_options={}),
+                                  stages=["evaluate"]))
+    if executor:
+        if executor not in ("ray", "local"):
+            raise UserError(f"--executor must be 'ray' or 'local', not {executor!r}")
+        job.ray.executor = executor
+    from lmd_batch.cli_progress import StageProgress
+
+    with StageProgress() as bars:
+        run_job(job, log=bars.log, progress=bars.update, on_start=bars.start)
 
 
 @bench_app.command("prompts")

@@ -139,6 +139,9 @@ class DiffusionConfig(Section):
     not_in_fingerprint = frozenset({"box_batch_size"})
 
     method: Literal["lmd", "lmd_plus", "sd", "gligen"] = "lmd"
+    methods: list[Literal["lmd", "lmd_plus", "sd", "gligen"]] | None = Field(
+        None, min_length=1, description="Several methods on the same layouts and seeds, e.g. [sd, gligen, lmd, "
+        "lmd_plus] for a comparison (one image per layout and method); overrides `method`.")
     model: str = "tiny-sd"
     gligen_model: str = "tiny-gligen"
     sam_model: str = "tiny-sam"
@@ -160,6 +163,29 @@ class DiffusionConfig(Section):
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
         "auto", description="Weights' dtype: auto = float16 on CUDA, float32 on CPU. Latents stay float32.")
 
+    @model_validator(mode="after")
+    def _distinct_methods(self):
+        if self.methods is not None and len(set(self.methods)) != len(self.methods):
+            raise ValueError("diffusion.methods lists a method twice")
+        return self
+
+    def run_methods(self) -> list[str]:
+        """The methods this job draws, in order: `methods` when given, else [`method`]."""
+        return list(self.methods) if self.methods else [self.method]
+
+
+class EvaluationConfig(Section):
+    """The evaluate stage: LMD's OWL-ViT protocol (LMD-REFERENCE.md 3.2) and box verification."""
+
+    detector: str = Field("tiny-owlvit", description="OWL-ViT: built-in name, Hugging Face id (the benchmark "
+                          "uses google/owlvit-base-patch32), local folder or fsspec URL.")
+    score_threshold: float = Field(0.15, ge=0, le=1, description="Keep detections scoring at least this.")
+    nms_threshold: float = Field(0.15, ge=0, le=1, description="Drop a detection overlapping a better one by "
+                                 "IoU above this.")
+    class_aware_nms: bool = Field(True, description="NMS within each query label only (the protocol's setting).")
+    verify_iou: float = Field(0.5, ge=0, le=1, description="A layout box counts as confirmed by a detection of "
+                              "its caption overlapping it by at least this IoU.")
+
 
 class Job(Section):
     """A whole job file."""
@@ -174,6 +200,7 @@ class Job(Section):
     ray: RayConfig = Field(default_factory=RayConfig)
     llm: LLMConfig = Field(default_factory=LLMConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     seed: int = Field(0, ge=0, lt=2**63, description="Job seed: every random draw derives from it.")
     stages: list[str] | None = Field(None, description="Stages to run, in order; default: every stage available.")
 

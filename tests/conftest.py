@@ -103,6 +103,15 @@ def generate_cli():
     return lambda *args: CliRunner().invoke(app, [str(a) for a in args])
 
 
+@pytest.fixture(scope="session")
+def evaluated_run(tmp_path_factory) -> Path:
+    """A finished local run folder with every stage (tiny models, methods lmd and sd, five prompts:
+    one per LMD benchmark category plus an ordinary one). Shared: copy it before changing it."""
+    from evaluated_run import build_evaluated_run
+
+    return build_evaluated_run(tmp_path_factory.mktemp("evaluated"))
+
+
 def lmd_batch_cmd() -> list[str]:
     """The installed `lmd-batch` console script of this environment (or `python -m lmd_batch.cli`)."""
     script = Path(sys.executable).parent / "lmd-batch"

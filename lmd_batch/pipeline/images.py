@@ -1,8 +1,9 @@
 """Images: step 2 of LMD / LMD+ (composition + overall generation), or a baseline, per layout.
 
 Reads the shard's layouts and (for lmd / lmd_plus) the box latents from the content-addressed
-cache, runs the overall generation and writes one PNG per layout under `{run}/images/png/`
-(names derived from the layout id, so a redone shard overwrites) plus the shard's Parquet:
+cache, runs the overall generation and writes one PNG per layout and method under
+`{run}/images/png/` (names derived from the layout id and method, so a redone shard overwrites; a
+job with `diffusion.methods` draws every layout once per method, same noise) plus the shard's Parquet:
 ids, method, model ids, seed, layout, per-box masks, image path and sha256, UNet passes and the
 final in-box attention ratio per box. Timings go to the shard's marker (not the table), so the
 table's bytes depend only on the job: same job, same bytes.
@@ -10,6 +11,7 @@ table's bytes depend only on the job: same job, same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 from lmd_batch.pipeline.base import ShardResult, Stage
@@ -36,37 +38,35 @@ class ImageStage(Stage):
         job, cfg = self.job, self.job.diffusion
         shard_id = int(shard["shard_id"])
         layouts = self.run.read_data("layouts", shard_id).to_pylist()
-        by_layout: dict[str, list[dict]] = {}
+        by_layout: dict[tuple, list[dict]] = {}
         for r in upstream_table.to_pylist():
-            by_layout.setdefault(r["layout_id"], []).append(r)
+            by_layout.setdefault((r["layout_id"], r["method"]), []).append(r)
         rows, rejects = [], []
         stats = {"rows_in": len(layouts), "unet_passes": 0, "load_seconds": 0.0, "generate_seconds": 0.0}
-        for lay in layouts:
+        for lay, method in ((lay, m) for lay in layouts for m in cfg.run_methods()):
             t0 = time.perf_counter()
             boxes = None
-            box_rows = sorted(by_layout.get(lay["layout_id"], []), key=lambda b: b["box_index"])
-            if cfg.method in ("lmd", "lmd_plus"):
+            box_rows = sorted(by_layout.get((lay["layout_id"], method), []), key=lambda b: b["box_index"])
+            if method in ("lmd", "lmd_plus"):
                 boxes = [self.cache.get(b["cache_key"]) for b in box_rows]
                 if any(b is None for b in boxes):
                     from lmd_batch.errors import StorageError
 
                     raise StorageError(f"a box latent of {lay['layout_id']} is missing from {self.cache.loc.url}; "
                                        f"rerun to regenerate it")
-            res = generate_layout(row_layout(lay), cfg.method, model=cfg.model, gligen_model=cfg.gligen_model,
+            res = generate_layout(row_layout(lay), method, model=cfg.model, gligen_model=cfg.gligen_model,
                                   sam_model=cfg.sam_model, cfg=cfg, job_seed=job.seed,
                                   prompt_id=lay["prompt_id"], sample=lay["sample"], prompt=lay["prompt"],
                                   max_boxes=job.llm.max_boxes, boxes=boxes)
             png = png_bytes(res.image)
-            rel = f"images/png/shard-{shard_id:05d}/{safe_name(lay['layout_id'])}.png"
+            rel = f"images/png/shard-{shard_id:05d}/{safe_name(lay['layout_id'])}.{method}.png"
             self.run.loc.write_bytes(rel, png)
-            import hashlib
-
             ratios = {e["index"]: (e.get("in_box_ratio") or {}).get("final") for e in res.report.get("boxes", [])}
             spec_boxes = [dict(caption=b.caption, x=int(round(b.box[0])), y=int(round(b.box[1])),
                                w=int(round(b.box[2])), h=int(round(b.box[3]))) for b in res.spec.boxes]
             rows.append(dict(
-                layout_id=lay["layout_id"], prompt_id=lay["prompt_id"], sample=lay["sample"], method=cfg.method,
-                model=cfg.gligen_model if cfg.method in ("lmd_plus", "gligen") else cfg.model,
+                layout_id=lay["layout_id"], prompt_id=lay["prompt_id"], sample=lay["sample"], method=method,
+                model=cfg.gligen_model if method in ("lmd_plus", "gligen") else cfg.model,
                 seed=background_seed(job.seed, lay["prompt_id"], lay["sample"]), prompt=lay["prompt"],
                 overall_prompt=res.spec.overall_prompt, boxes=spec_boxes, background=res.spec.background,
                 negative=res.spec.negative, masks=[b["mask"] for b in box_rows],

@@ -12,6 +12,7 @@ STAGES: dict[str, str] = {
     "layouts": "lmd_batch.pipeline.layouts:LayoutStage",
     "box_latents": "lmd_batch.pipeline.box_latents:BoxLatentStage",
     "images": "lmd_batch.pipeline.images:ImageStage",
+    "evaluate": "lmd_batch.pipeline.evaluate:EvaluateStage",
 }
 
 

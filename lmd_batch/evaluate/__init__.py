@@ -1,0 +1,1 @@
+"""Image-level evaluation: LMD's OWL-ViT benchmark protocol and detector verification of layouts."""
