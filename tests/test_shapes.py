@@ -1,0 +1,92 @@
+"""The shapes world: deterministic scenes and captions, and the classical detector on renders."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from lmd_batch.shapes.detect import detect_shapes, match
+from lmd_batch.shapes.scene import Background, ShapeObject, make_caption, render, sample_scene
+from lmd_batch.shapes.vocab import COLORS, SHAPES
+
+
+def test_same_seed_same_scene_and_pixels():
+    a, b = sample_scene(7), sample_scene(7)
+    assert a == b and a.caption == b.caption
+    ia, ib = render(a)[0], render(b)[0]
+    assert hashlib.sha256(ia.tobytes()).hexdigest() == hashlib.sha256(ib.tobytes()).hexdigest()
+    assert any(sample_scene(s) != a for s in range(8, 12))
+
+
+def test_scenes_cover_the_vocabulary_and_never_overlap():
+    scenes = [sample_scene(s) for s in range(400)]
+    counts = [len(s.objects) for s in scenes]
+    assert min(counts) == 0 and max(counts) == 5
+    assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
+    assert {o.color for s in scenes for o in s.objects} == set(COLORS)
+    assert {s.background.style for s in scenes} == {"plain", "gradient", "dotted", "striped"}
+    assert sum(s.relation is not None for s in scenes) > 20
+    for s in scenes:
+        for i, a in enumerate(s.objects):
+            for b in s.objects[i + 1:]:
+                ax, ay, aw, ah = a.box
+                bx, by, bw, bh = b.box
+                assert ax + aw <= bx or bx + bw <= ax or ay + ah <= by or by + bh <= ay
+
+
+def test_captions_state_counts_colours_and_relations():
+    bg = Background("plain", ("sand",))
+    red = [ShapeObject("circle", "red", (0.05 + 0.2 * i, 0.1, 0.15, 0.15)) for i in range(2)]
+    star = ShapeObject("star", "blue", (0.7, 0.6, 0.25, 0.25))
+    orange = ShapeObject("square", "orange", (0.4, 0.6, 0.2, 0.2))
+    assert make_caption(red + [star], bg) == "two red circles and a blue star on a sand background"
+    assert make_caption(red + [star], bg, "left of") == "two red circles on the left of a blue star on a sand background"
+    assert make_caption([orange], Background("gradient", ("grey", "white"))) == \
+        "an orange square on a grey to white gradient background"
+    assert make_caption([], Background("striped", ("sky",))) == "an empty scene on a striped sky background"
+
+
+def test_relation_in_caption_holds_in_the_scene():
+    for s in (sample_scene(i) for i in range(300)):
+        if s.relation is None:
+            continue
+        first = s.objects[0].color, s.objects[0].shape
+        a = [o for o in s.objects if (o.color, o.shape) == first]
+        b = [o for o in s.objects if (o.color, o.shape) != first]
+        key = {"left of": lambda o: o.cx, "right of": lambda o: -o.cx, "above": lambda o: o.cy,
+               "below": lambda o: -o.cy}[s.relation]
+        assert max(map(key, a)) < min(map(key, b)), s.caption
+
+
+def test_masks_and_boxes_match_the_pixels():
+    s = next(s for s in (sample_scene(i) for i in range(50)) if len(s.objects) >= 3)
+    image, masks, boxes = render(s)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8
+    for o, m, b in zip(s.objects, masks, boxes):
+        ys, xs = np.nonzero(m)
+        assert m.sum() > 20
+        assert xs.min() >= b[0] - 1 and xs.max() <= b[0] + b[2] + 1
+        colour = image[m].mean(0)
+        assert np.abs(colour - np.array(COLORS[o.color])).max() < 40
+
+
+@pytest.mark.parametrize("size", [64, 128])
+def test_detector_on_rendered_scenes(size):
+    tp = fp = fn = 0
+    for seed in range(150):
+        s = sample_scene(seed, size=size)
+        image, _masks, boxes = render(s, size)
+        truth = [(o.color, o.shape, b) for o, b in zip(s.objects, boxes)]
+        a, b, c = match(detect_shapes(image), truth)
+        tp, fp, fn = tp + a, fp + b, fn + c
+    assert tp / (tp + fp) >= 0.95 and tp / (tp + fn) >= 0.95, (tp, fp, fn)
+
+
+def test_detector_on_noise_and_blank():
+    rng = np.random.default_rng(0)
+    grey = np.full((64, 64, 3), 200, np.uint8)
+    assert detect_shapes(grey) == []
+    noisy = np.clip(grey + rng.normal(0, 8, grey.shape), 0, 255).astype(np.uint8)
+    assert detect_shapes(noisy) == []
