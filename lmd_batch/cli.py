@@ -45,6 +45,15 @@ def _register_generate() -> None:
 _register_generate()
 
 
+def _register_shapes() -> None:
+    from lmd_batch.cli_shapes import register
+
+    register(app)
+
+
+_register_shapes()
+
+
 def _fail(exc: UserError) -> None:
     if isinstance(exc, JobFileError):
         typer.echo(f"error: {exc.path} is not a valid job file:", err=True)

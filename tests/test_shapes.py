@@ -90,3 +90,31 @@ def test_detector_on_noise_and_blank():
     assert detect_shapes(grey) == []
     noisy = np.clip(grey + rng.normal(0, 8, grey.shape), 0, 255).astype(np.uint8)
     assert detect_shapes(noisy) == []
+
+
+def test_train_smoke_saves_a_pipeline_the_loader_opens(tmp_path):
+    """A few steps of each phase: the saved folder is an SD pipeline with a 4x VAE that the
+    production loader opens and the LMD pipeline draws with (quality is measured by the benchmark)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from lmd_batch.cli import app
+    from lmd_batch.grounding.generate import cached_model, generate_layout
+    from lmd_batch.layout.lmd_text import Box, Layout
+
+    out = tmp_path / "shapes-sd"
+    res = CliRunner().invoke(app, ["shapes", "train", "--out", str(out), "--vae-steps", "2", "--latents", "16",
+                                   "--unet-steps", "3", "--batch", "4", "--attn-from-step", "1", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((out / "training.json").read_text())
+    assert metrics["unet"]["history"][-1]["attn"] > 0  # the localisation loss was on
+    pipe = cached_model("sd", str(out))
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size == 16
+    from lmd_batch.config import DiffusionConfig
+
+    cfg = DiffusionConfig(method="lmd", model=str(out), mask="attention", steps=3, size=64, guidance_steps=1)
+    layout = Layout([Box("a red circle", 40, 200, 160, 160), Box("a blue star", 300, 200, 160, 160)], "a sand background", "")
+    res = generate_layout(layout, "lmd", model=str(out), gligen_model="tiny-gligen", sam_model="tiny-sam", cfg=cfg,
+                          job_seed=0, prompt_id="p", sample=0, prompt="a red circle on the left of a blue star")
+    assert res.image.shape == (64, 64, 3)
