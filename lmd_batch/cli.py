@@ -54,6 +54,17 @@ def _register_shapes() -> None:
 _register_shapes()
 
 
+def _register_report_and_export() -> None:
+    from lmd_batch.cli_export import register as register_export
+    from lmd_batch.cli_report import register as register_report
+
+    register_report(app)
+    register_export(app)
+
+
+_register_report_and_export()
+
+
 def _fail(exc: UserError) -> None:
     if isinstance(exc, JobFileError):
         typer.echo(f"error: {exc.path} is not a valid job file:", err=True)

@@ -401,10 +401,17 @@ def _five_prompts(tmp_path) -> Path:
 
 
 def _snapshot(run: RunFolder) -> dict:
+    """Every byte of data, rejects and manifest; markers without their timings (stats.seconds
+    varies run to run, by design: timings live in markers so that data bytes do not vary)."""
     out = {}
     for folder in ("ingest/data", "ingest/rejects", "ingest/done", "manifest"):
         for name in run.loc.list_names(folder):
-            out[f"{folder}/{name}"] = run.loc.read_bytes(f"{folder}/{name}")
+            data = run.loc.read_bytes(f"{folder}/{name}")
+            if folder == "ingest/done":
+                marker = json.loads(data)
+                marker.get("stats", {}).pop("seconds", None)
+                data = json.dumps(marker, sort_keys=True).encode()
+            out[f"{folder}/{name}"] = data
     out["run.json"] = run.loc.read_bytes("run.json")
     return out
 

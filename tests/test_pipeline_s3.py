@@ -34,7 +34,7 @@ N = 8
 SHARD_ROWS = 2
 SHARDS = N // SHARD_ROWS
 KEY = "sk-pipeline-s3"
-STAGES = ["ingest", "layouts", "box_latents", "images"]
+STAGES = ["ingest", "layouts", "box_latents", "images", "evaluate"]
 LAYOUTS = [
     "[('a red ball', [40, 200, 150, 150])]\nBackground prompt: a park",
     "[('a red ball', [40, 200, 150, 150]), ('a blue cube', [300, 180, 160, 160])]\nBackground prompt: a table",
