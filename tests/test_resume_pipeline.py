@@ -53,7 +53,7 @@ def _done(run: Path, stage: str) -> int:
 
 def _snapshot(run: Path) -> dict[str, bytes]:
     out = {}
-    for sub in ("images/data", "images/png"):
+    for sub in ("images/data", "images/png", "evaluate/data"):
         for f in sorted((run / sub).rglob("*")):
             if f.is_file():
                 assert not f.name.startswith(".tmp"), f"temporary file left behind: {f}"
@@ -61,58 +61,66 @@ def _snapshot(run: Path) -> dict[str, bytes]:
     return out
 
 
-def test_sigkill_whole_pipeline_five_times_then_resume_is_byte_identical(tmp_path):
+@pytest.fixture(scope="module")
+def server():
+    replay = ReplayLLM({f"prompt number {i}": LAYOUTS[i % 3] for i in range(N)}, api_key=KEY)
+    yield replay
+    replay.close()
+
+
+@pytest.fixture(scope="module")
+def reference(server, tmp_path_factory) -> Path:
+    """One uninterrupted run that both tests compare against."""
+    folder = tmp_path_factory.mktemp("resume-reference")
+    ref_job = _job(folder, server.url, "reference")
+    p = _cli(ref_job)
+    assert p.wait(900) == 0, ref_job.with_suffix(".log").read_text()[-3000:]
+    ref = folder / "reference"
+    assert _done(ref, "images") == N // 8 and _done(ref, "evaluate") == N // 8
+    return ref
+
+
+def test_sigkill_whole_pipeline_five_times_then_resume_is_byte_identical(tmp_path, server, reference):
     import pyarrow.parquet as pq
 
-    answers = {f"prompt number {i}": LAYOUTS[i % 3] for i in range(N)}
-    server = ReplayLLM(answers, api_key=KEY)
-    try:
-        ref_job = _job(tmp_path, server.url, "reference")
-        p = _cli(ref_job)
-        assert p.wait(900) == 0, ref_job.with_suffix(".log").read_text()[-3000:]
-        ref = tmp_path / "reference"
-        assert _done(ref, "images") == N // 8
-
-        job = _job(tmp_path, server.url, "killed")
-        run = tmp_path / "killed"
-        # Kill points: while planning, during layouts, during box latents, then twice during images.
-        points = [("manifest", 0), ("layouts", 1), ("box_latents", 2), ("images", 1), ("images", 2)]
-        kills = 0
-        for stage, extra in points:
-            target = (_done(run, stage) + extra) if stage != "manifest" else 0
-            p = _cli(job)
-            deadline = time.time() + 600
-            while time.time() < deadline and p.poll() is None:
-                if stage == "manifest" and (run / "manifest").exists():
-                    break
-                if stage != "manifest" and _done(run, stage) >= target:
-                    break
-                time.sleep(0.02)
-            if p.poll() is None:
-                p.send_signal(signal.SIGKILL)
-                p.wait()
-                kills += 1
-            else:
-                assert p.returncode == 0, job.with_suffix(".log").read_text()[-3000:]
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # Ray's agents a SIGKILLed driver leaves behind
-            except ProcessLookupError:
-                pass
-        assert kills >= 4, "the run finished before most kill points"
-        assert _done(run, "images") < N // 8, "no interruption left work to resume"
-
+    job = _job(tmp_path, server.url, "killed")
+    run = tmp_path / "killed"
+    # Kill points: while planning, during layouts, during box latents, then twice during images.
+    points = [("manifest", 0), ("layouts", 1), ("box_latents", 2), ("images", 1), ("images", 2)]
+    kills = 0
+    for stage, extra in points:
+        target = (_done(run, stage) + extra) if stage != "manifest" else 0
         p = _cli(job)
-        assert p.wait(900) == 0, job.with_suffix(".log").read_text()[-3000:]
-        assert _done(run, "images") == N // 8
-        ref_files, run_files = _snapshot(ref), _snapshot(run)
-        assert ref_files.keys() == run_files.keys()
-        different = [k for k in ref_files if ref_files[k] != run_files[k]]
-        assert not different, f"differs from the uninterrupted run: {different[:5]}"
-        ids = [r for f in sorted((run / "images" / "data").glob("*.parquet"))
-               for r in pq.read_table(f, columns=["prompt_id"]).column("prompt_id").to_pylist()]
-        assert sorted(ids) == sorted(f"p{i:09d}" for i in range(N)), "a prompt is missing or duplicated"
-    finally:
-        server.close()
+        deadline = time.time() + 600
+        while time.time() < deadline and p.poll() is None:
+            if stage == "manifest" and (run / "manifest").exists():
+                break
+            if stage != "manifest" and _done(run, stage) >= target:
+                break
+            time.sleep(0.02)
+        if p.poll() is None:
+            p.send_signal(signal.SIGKILL)
+            p.wait()
+            kills += 1
+        else:
+            assert p.returncode == 0, job.with_suffix(".log").read_text()[-3000:]
+        try:
+            os.killpg(p.pid, signal.SIGKILL)  # Ray's agents a SIGKILLed driver leaves behind
+        except ProcessLookupError:
+            pass
+    assert kills >= 4, "the run finished before most kill points"
+    assert _done(run, "images") < N // 8, "no interruption left work to resume"
+
+    p = _cli(job)
+    assert p.wait(900) == 0, job.with_suffix(".log").read_text()[-3000:]
+    assert _done(run, "images") == N // 8
+    ref_files, run_files = _snapshot(reference), _snapshot(run)
+    assert ref_files.keys() == run_files.keys()
+    different = [k for k in ref_files if ref_files[k] != run_files[k]]
+    assert not different, f"differs from the uninterrupted run: {different[:5]}"
+    ids = [r for f in sorted((run / "images" / "data").glob("*.parquet"))
+           for r in pq.read_table(f, columns=["prompt_id"]).column("prompt_id").to_pylist()]
+    assert sorted(ids) == sorted(f"p{i:09d}" for i in range(N)), "a prompt is missing or duplicated"
 
 
 def _ray_workers(name: str) -> list[int]:
@@ -129,29 +137,20 @@ def _ray_workers(name: str) -> list[int]:
     return out
 
 
-def test_killed_worker_actor_is_restarted_and_its_shard_redone_identically(tmp_path):
-    answers = {f"prompt number {i}": LAYOUTS[i % 3] for i in range(N)}
-    server = ReplayLLM(answers, api_key=KEY)
-    try:
-        ref_job = _job(tmp_path, server.url, "reference")
-        p = _cli(ref_job)
-        assert p.wait(900) == 0, ref_job.with_suffix(".log").read_text()[-3000:]
-
-        job = _job(tmp_path, server.url, "workerkill")
-        run = tmp_path / "workerkill"
-        p = _cli(job)
-        killed = []
-        deadline = time.time() + 600
-        while time.time() < deadline and p.poll() is None and not killed:
-            if _done(run, "box_latents") >= 1 and _done(run, "images") < N // 8 - 2:
-                workers = _ray_workers("MapWorker(MapBatches(RayStageActor))")
-                if len(workers) >= 2:  # the stage actors of box latents and images are up: kill one
-                    os.kill(workers[-1], signal.SIGKILL)
-                    killed.append(workers[-1])
-            time.sleep(0.05)
-        assert killed, "no worker actor was found to kill"
-        assert p.wait(900) == 0, job.with_suffix(".log").read_text()[-3000:]
-        ref_files, run_files = _snapshot(tmp_path / "reference"), _snapshot(run)
-        assert ref_files == run_files
-    finally:
-        server.close()
+def test_killed_worker_actor_is_restarted_and_its_shard_redone_identically(tmp_path, server, reference):
+    job = _job(tmp_path, server.url, "workerkill")
+    run = tmp_path / "workerkill"
+    p = _cli(job)
+    killed = []
+    deadline = time.time() + 600
+    while time.time() < deadline and p.poll() is None and not killed:
+        if _done(run, "box_latents") >= 1 and _done(run, "images") < N // 8 - 2:
+            workers = _ray_workers("MapWorker(MapBatches(RayStageActor))")
+            if len(workers) >= 2:  # the stage actors of box latents and images are up: kill one
+                os.kill(workers[-1], signal.SIGKILL)
+                killed.append(workers[-1])
+        time.sleep(0.05)
+    assert killed, "no worker actor was found to kill"
+    assert p.wait(900) == 0, job.with_suffix(".log").read_text()[-3000:]
+    ref_files, run_files = _snapshot(reference), _snapshot(run)
+    assert ref_files == run_files

@@ -28,14 +28,10 @@ def encode(mask) -> dict:
     """COCO uncompressed RLE of a {0, 1} array: column-major run lengths, starting with zeros."""
     import numpy as np
 
+    from lmd_batch.pipeline.stage2_common import rle_counts
+
     m = np.asarray(mask, dtype=np.uint8)
-    flat = m.flatten(order="F")
-    if flat.size == 0:
-        return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": []}
-    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    runs = np.diff(np.concatenate(([0], edges, [flat.size])))
-    counts = ([0] if flat[0] else []) + runs.tolist()
-    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": counts}
+    return {"size": [int(m.shape[0]), int(m.shape[1])], "counts": rle_counts(m) if m.size else []}
 
 
 def area(rle: dict) -> int:

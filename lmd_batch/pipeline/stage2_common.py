@@ -36,21 +36,24 @@ def model_identity(ref: str) -> str:
     return f"{ref}@{extra}{h.hexdigest()[:16]}"
 
 
+def rle_counts(mask) -> list[int]:
+    """COCO uncompressed run lengths of a {0,1} array: column-major, starting with a run of zeros."""
+    import numpy as np
+
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    if flat.size == 0:
+        return [0]
+    edges = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    runs = np.diff(np.concatenate(([0], edges, [flat.size]))).tolist()
+    return ([0] if flat[0] else []) + runs
+
+
 def mask_rle(mask) -> dict:
     """COCO-style uncompressed RLE (column-major, counts start with zeros) of a {0,1} mask."""
     import numpy as np
 
     m = np.asarray(mask, dtype=np.uint8)
-    flat = m.flatten(order="F")
-    counts, value, run = [], 0, 0
-    for v in flat:
-        if v == value:
-            run += 1
-        else:
-            counts.append(run)
-            value, run = int(v), 1
-    counts.append(run)
-    return {"height": int(m.shape[0]), "width": int(m.shape[1]), "counts": counts}
+    return {"height": int(m.shape[0]), "width": int(m.shape[1]), "counts": rle_counts(m)}
 
 
 def rle_decode(rle: dict):

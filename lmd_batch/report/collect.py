@@ -73,11 +73,9 @@ def bench_category(prompt: str) -> str | None:
 
 
 def _accuracy(run) -> dict:
-    """`summarize_run(run)` of the evaluate package, or {"error": why} when it cannot be had."""
-    try:
-        from lmd_batch.evaluate.summary import summarize_run
-    except ImportError as exc:
-        return {"error": f"accuracy summary unavailable ({exc})"}
+    """`summarize_run(run)`, or {"error": why} when the run folder cannot give it."""
+    from lmd_batch.evaluate.summary import summarize_run
+
     try:
         return summarize_run(run)
     except UserError as exc:
