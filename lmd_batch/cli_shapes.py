@@ -14,9 +14,9 @@ shapes_app = typer.Typer(help="The shapes world: train a small SD-format model o
 def train_cmd(
     out: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write the diffusers pipeline into."),
     seed: int = typer.Option(0, "--seed", help="Seed of scenes, initialisation and noise (same seed, same weights)."),
-    vae_steps: int = typer.Option(600, "--vae-steps", min=0, help="VAE training steps."),
+    vae_steps: int = typer.Option(500, "--vae-steps", min=0, help="VAE training steps."),
     latents: int = typer.Option(16384, "--latents", min=1, help="Scenes pre-encoded for UNet training."),
-    unet_steps: int = typer.Option(4500, "--unet-steps", min=0, help="Text encoder + UNet training steps."),
+    unet_steps: int = typer.Option(2500, "--unet-steps", min=0, help="Text encoder + UNet training steps."),
     batch: int = typer.Option(32, "--batch", min=1, help="Batch size of both phases."),
     size: int = typer.Option(64, "--size", min=32, help="Image size in pixels (64 on a CPU, 128 on a GPU)."),
     attn_weight: float = typer.Option(0.03, "--attn-weight", min=0.0,
@@ -32,25 +32,69 @@ def train_cmd(
     lmd_batch/shapes/train.py): without it a model this small does not localise its attention,
     and LMD's guidance has nothing to grip.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from lmd_batch.shapes.train import TrainConfig, train
 
     cfg = TrainConfig(size=size, seed=seed, vae_steps=vae_steps, latents=latents, unet_steps=unet_steps, batch=batch,
                       attn_weight=attn_weight, attn_from_step=attn_from_step, threads=threads, fp16=not fp32)
-    with Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn(), TimeRemainingColumn()) as bars:
-        tasks: dict = {}
-
-        def tick(phase, done, total, **losses):
-            if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total, info="")
-            info = "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
-            bars.update(tasks[phase], completed=done, info=info)
-
+    with _bars() as (bars, tick):
         metrics = train(cfg, out, log=bars.console.print, progress=tick)
     typer.echo(f"trained in {metrics['vae']['seconds'] + metrics['latents']['seconds'] + metrics['unet']['seconds']:.0f} s "
                f"-> {out} (load it anywhere a model is named, e.g. diffusion.model: {out})")
+
+
+@shapes_app.command("train-gligen")
+def train_gligen_cmd(
+    out: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write the GLIGEN pipeline into."),
+    base: str = typer.Option("shapes-sd", "--base", help="Trained shapes pipeline to ground (built-in, folder or URL)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of scenes, initialisation and noise."),
+    steps: int = typer.Option(600, "--steps", min=0, help="Training steps of the grounding layers."),
+    scenes: int = typer.Option(8192, "--scenes", min=1, help="Scenes pre-encoded for training."),
+    batch: int = typer.Option(32, "--batch", min=1, help="Batch size."),
+    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+    fp32: bool = typer.Option(False, "--fp32", help="Save fp32 weights (default: fp16)."),
+):
+    """Add GLIGEN's gated self-attention and position net to a trained shapes model and train only
+    those on the renderer's boxes (the base stays frozen); saves a StableDiffusionGLIGENPipeline
+    folder for LMD+ and the GLIGEN baseline (diffusion.gligen_model)."""
+    from lmd_batch.errors import UserError
+    from lmd_batch.shapes.gligen import GligenConfig, train_gligen
+
+    cfg = GligenConfig(seed=seed, steps=steps, scenes=scenes, batch=batch, threads=threads, fp16=not fp32)
+    try:
+        with _bars() as (bars, tick):
+            metrics = train_gligen(base, out, cfg, log=bars.console.print, progress=tick)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"trained in {metrics['data']['seconds'] + metrics['train']['seconds']:.0f} s -> {out} "
+               f"(use it as diffusion.gligen_model: {out})")
+
+
+class _bars:
+    """Progress bars on a terminal; one log line per 100 steps otherwise (cluster logs, nohup)."""
+
+    def __enter__(self):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bars = Progress(TextColumn("{task.description:<7}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
+        self.bars.__enter__()
+        tasks: dict = {}
+        console = self.bars.console
+
+        def tick(phase, done, total, **losses):
+            if phase not in tasks:
+                tasks[phase] = self.bars.add_task(phase, total=total, info="")
+            info = "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            self.bars.update(tasks[phase], completed=done, info=info)
+            if not console.is_terminal and (done % 100 == 0 or done == total):
+                print(f"{phase} {done}/{total} {info}", flush=True)
+
+        return self.bars, tick
+
+    def __exit__(self, *exc):
+        return self.bars.__exit__(*exc)
 
 
 def register(app: typer.Typer) -> None:

@@ -27,7 +27,10 @@ def test_scenes_cover_the_vocabulary_and_never_overlap():
     assert {o.shape for s in scenes for o in s.objects} == set(SHAPES)
     assert {o.color for s in scenes for o in s.objects} == set(COLORS)
     assert {s.background.style for s in scenes} == {"plain", "gradient", "dotted", "striped"}
-    assert sum(s.relation is not None for s in scenes) > 20
+    assert sum(s.relation is not None for s in scenes) > 10
+    with_form = [s for s in scenes if " background with " in s.caption or s.caption == s.background.phrase()]
+    assert 0.25 < len(with_form) / len(scenes) < 0.45  # LMD's own prompt form, ~35% of captions
+    assert all(s.relation is None for s in with_form)
     for s in scenes:
         for i, a in enumerate(s.objects):
             for b in s.objects[i + 1:]:
@@ -46,6 +49,8 @@ def test_captions_state_counts_colours_and_relations():
     assert make_caption([orange], Background("gradient", ("grey", "white"))) == \
         "an orange square on a grey to white gradient background"
     assert make_caption([], Background("striped", ("sky",))) == "an empty scene on a striped sky background"
+    assert make_caption(red + [star], bg, form="with") == "a sand background with two red circles, a blue star"
+    assert make_caption([], bg, form="with") == "a sand background"
 
 
 def test_relation_in_caption_holds_in_the_scene():
@@ -118,3 +123,32 @@ def test_train_smoke_saves_a_pipeline_the_loader_opens(tmp_path):
     res = generate_layout(layout, "lmd", model=str(out), gligen_model="tiny-gligen", sam_model="tiny-sam", cfg=cfg,
                           job_seed=0, prompt_id="p", sample=0, prompt="a red circle on the left of a blue star")
     assert res.image.shape == (64, 64, 3)
+    # The GLIGEN variant: grounding layers on the trained base; LMD+ and GLIGEN draw with it.
+    import torch
+
+    gl = tmp_path / "shapes-gligen"
+    res = CliRunner().invoke(app, ["shapes", "train-gligen", "--base", str(out), "--out", str(gl), "--steps", "2",
+                                   "--scenes", "8", "--batch", "4", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads((gl / "training.json").read_text())
+    assert metrics["train"]["steps"] == 2 and metrics["data"]["phrases"] >= 1
+    gpipe = cached_model("gligen", str(gl))
+    assert gpipe.unet.position_net is not None and gpipe.vae_scale_factor == 4
+    base_unet = cached_model("sd", str(out)).unet.state_dict()
+    for key, value in gpipe.unet.state_dict().items():  # the base weights are frozen
+        if key in base_unet:
+            assert torch.equal(value, base_unet[key]), key
+    for method in ("lmd_plus", "gligen"):
+        res = generate_layout(layout, method, model=str(out), gligen_model=str(gl), sam_model="tiny-sam", cfg=cfg,
+                              job_seed=0, prompt_id="p", sample=0, prompt="a red circle on the left of a blue star")
+        assert res.image.shape == (64, 64, 3)
+
+
+def test_train_gligen_rejects_a_model_that_is_not_a_pipeline(tmp_path):
+    from typer.testing import CliRunner
+
+    from lmd_batch.cli import app
+
+    res = CliRunner().invoke(app, ["shapes", "train-gligen", "--base", str(tmp_path / "nothing"), "--out",
+                                   str(tmp_path / "out"), "--steps", "1"])
+    assert res.exit_code != 0 and "not found" in res.output

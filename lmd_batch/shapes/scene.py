@@ -59,13 +59,21 @@ def groups(objects) -> list[tuple[str, str, int]]:
     return [(c, s, n) for (c, s), n in out.items()]
 
 
-def make_caption(objects, background: Background, relation: str | None = None) -> str:
+def make_caption(objects, background: Background, relation: str | None = None, form: str = "on") -> str:
     """'two red circles and a blue star on a sand background'; with a relation between exactly
-    two groups: 'two red circles on the left of a blue star on a sand background'."""
+    two groups: 'two red circles on the left of a blue star on a sand background'.
+
+    form "with" is the shape of the prompts LMD itself writes (spec.py: per box "{background} with
+    {caption}", overall "{background} with {phrase}, {phrase}"): 'a sand background with two red
+    circles, a blue star'; an empty scene is the background phrase alone. Part of the training
+    captions take this form so that LMD's per-box and overall prompts are in the model's language.
+    """
     gs = groups(objects)
+    parts = [phrase(n, c, s) for c, s, n in gs]
+    if form == "with":
+        return f"{background.phrase()} with {', '.join(parts)}" if parts else background.phrase()
     if not gs:
         return f"an empty scene on {background.phrase()}"
-    parts = [phrase(n, c, s) for c, s, n in gs]
     if relation is not None and len(parts) == 2:
         words = {"left of": "on the left of", "right of": "on the right of", "above": "above", "below": "below"}
         return f"{parts[0]} {words[relation]} {parts[1]} on {background.phrase()}"
@@ -91,9 +99,11 @@ def _relation(objects) -> str | None:
     return None
 
 
-def sample_scene(seed: int, max_objects: int = 5, relation_share: float = 0.4, size: int = 64) -> Scene:
+def sample_scene(seed: int, max_objects: int = 5, relation_share: float = 0.4, size: int = 64,
+                 with_share: float = 0.35) -> Scene:
     """A random scene: 0..max_objects objects (mostly 1-3), at most 3 distinct (colour, shape)
-    groups, sizes 20-40% of the canvas (smaller when crowded), no overlaps."""
+    groups, sizes 20-40% of the canvas (smaller when crowded), no overlaps. A share `with_share`
+    of the captions take LMD's "{background} with {phrases}" form (no relation stated)."""
     import numpy as np
 
     rng = np.random.Generator(np.random.PCG64(seed))
@@ -128,8 +138,11 @@ def sample_scene(seed: int, max_objects: int = 5, relation_share: float = 0.4, s
     else:
         bg = Background(style, (names[int(rng.integers(len(names)))],))
     rel = _relation(objects) if rng.random() < relation_share else None
+    form = "with" if rng.random() < with_share else "on"
+    if form == "with":
+        rel = None
     objects_t = tuple(objects)
-    return Scene(objects_t, bg, rel, make_caption(objects_t, bg, rel))
+    return Scene(objects_t, bg, rel, make_caption(objects_t, bg, rel, form))
 
 
 def _shape_polygon(shape: str, x0: float, y0: float, w: float, h: float):

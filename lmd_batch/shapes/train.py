@@ -26,9 +26,9 @@ from dataclasses import asdict, dataclass
 class TrainConfig:
     size: int = 64
     seed: int = 0
-    vae_steps: int = 600
+    vae_steps: int = 500
     latents: int = 16384
-    unet_steps: int = 4500
+    unet_steps: int = 2500
     batch: int = 32
     vae_lr: float = 1e-3
     lr: float = 5e-4
@@ -40,6 +40,17 @@ class TrainConfig:
     max_tokens: int = 32
     threads: int = 2
     fp16: bool = True
+
+
+#: Which cross-attention layers LMD should read on this UNet (saved in its config, see
+#: grounding/layers.py `model_presets`): the 8x8 maps of the up path for the energy and attention
+#: transfer, the 8x8 map of the down path for attention masks. The role rules made for SD1.x would
+#: pick the 4x4 mid/up maps here, which the localisation loss never trained (it covers 16x16 and 8x8).
+LMD_LAYERS = {
+    "guidance": ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"],
+    "transfer": ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"],
+    "mask": ["down_blocks.1.attentions.0.transformer_blocks.0.attn2"],
+}
 
 
 def build_models(cfg: TrainConfig, tokenizer):
@@ -227,6 +238,7 @@ def train(cfg: TrainConfig, out, log=print, progress=None) -> dict:
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     ema_u.set_attn_processor(AttnProcessor2_0())  # the capture processors are not saved state
+    ema_u.register_to_config(_lmd_layers=LMD_LAYERS)
     pipe = StableDiffusionPipeline(
         vae=vae, text_encoder=ema_t, tokenizer=tok, unet=ema_u,
         scheduler=DDIMScheduler.from_config(sched.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
