@@ -148,9 +148,32 @@ def _by_position(layers: list[CrossAttentionLayer], pos: Sequence) -> CrossAtten
     return cands[0] if cands else None
 
 
+MODEL_PRESETS_KEY = "_lmd_layers"
+
+
+def model_presets(unet) -> dict:
+    """Presets a model carries in its UNet config (`_lmd_layers`: {preset: [layer names]}).
+
+    Why: the role rules below are right for SD1.x/2.x, but a model trained to localise its
+    attention at other resolutions (the shapes model: 8x8 and 16x16 maps of a 16x16 latent, where
+    the "mid + first up block" rule would land on 4x4 maps) knows better which layers LMD should
+    read; it says so in its own config, which diffusers keeps through save and load.
+    """
+    config = getattr(unet, "config", None)
+    found = config.get(MODEL_PRESETS_KEY) if hasattr(config, "get") else None
+    return dict(found) if isinstance(found, dict) else {}
+
+
 def resolve_layers(unet, spec: str | Iterable) -> list[CrossAttentionLayer]:
     """Like `select_layers`, returning the layer records (names, positions, downscale, heads)."""
     layers = cross_attention_layers(unet)
+    own = model_presets(unet)
+    if isinstance(spec, str) and spec in PRESETS and own:
+        if spec == "per_box":
+            chosen = resolve_layers(unet, "mask") + resolve_layers(unet, "transfer")
+            return [l for l in layers if l in chosen]
+        if spec in own:
+            return resolve_layers(unet, list(own[spec]))
     if isinstance(spec, str) and spec in PRESETS:
         chosen = _preset(layers, spec)
         if not chosen:

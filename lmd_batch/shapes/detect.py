@@ -2,7 +2,9 @@
 
 No training, so it can judge a trained model without sharing its mistakes: pixels whose HSV
 saturation is high are foreground (backgrounds are pale by construction), 4-connected components
-are objects, the majority nearest palette colour of a component's core pixels is its colour,
+are objects, the majority nearest palette hue of a component's core pixels is its colour (hue,
+not RGB distance: a generated object's blurred or shaded pixels keep their hue while their
+lightness drifts towards a neighbouring palette colour),
 and two scale-free measures name its shape: fill (area / bounding box; square ~1, circle ~0.79,
 triangle ~0.5, star ~0.38) and solidity (area / convex hull; the star alone is far below 1).
 """
@@ -79,10 +81,21 @@ def _hull_area(pixels) -> float:
     return abs(sum(hull[i][0] * hull[i - 1][1] - hull[i - 1][0] * hull[i][1] for i in range(len(hull)))) / 2.0
 
 
+def _hue(rgb):
+    """Hue in degrees [0, 360) of RGB values (..., 3)."""
+    import numpy as np
+
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    mx, mn = rgb.max(-1), rgb.min(-1)
+    d = np.maximum(mx - mn, 1e-6)
+    h = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4))
+    return h * 60.0
+
+
 def classify_shape(fill: float, solidity: float) -> str:
     if solidity < 0.78:
         return "star"
-    if fill >= 0.9:
+    if fill >= 0.9:  # (0.86 would forgive generated squares' soft corners, but reads 12 px discs as squares)
         return "square"
     if fill >= 0.66:
         return "circle"
@@ -100,8 +113,9 @@ def detect_shapes(image, min_area: int | None = None) -> list[ShapeDetection]:
     h, w = fg.shape
     min_area = min_area if min_area is not None else max(6, (h * w) // 500)
     names = list(COLORS)
-    palette = np.array([COLORS[n] for n in names], dtype=np.float32)
-    nearest = np.argmin(((rgb[..., None, :] - palette) ** 2).sum(-1), axis=-1)
+    palette = _hue(np.array([COLORS[n] for n in names], dtype=np.float32))
+    diff = np.abs(_hue(rgb)[..., None] - palette)
+    nearest = np.argmin(np.minimum(diff, 360.0 - diff), axis=-1)
     core = sat >= CORE_SATURATION
     out = []
     for pixels in _components(fg):
