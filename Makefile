@@ -6,7 +6,9 @@ export TRANSFORMERS_OFFLINE = 1
 export RAY_USAGE_STATS_ENABLED = 0
 export PYTHONDONTWRITEBYTECODE = 1
 # The cached venv is shared by every checkout on the machine and its editable install points at
-# the checkout that ran setup last; PYTHONPATH makes this checkout's code win in any case.
+# the checkout that ran setup last; PYTHONPATH makes this checkout's code win in any case. The
+# install runs with the cache's own python, so the `lmd-batch` script's #! line stays valid after
+# the checkout that installed it is deleted (a CI clone).
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: setup setup-main setup-llm setup-chromium test test-fast demo models lock clean
@@ -15,7 +17,7 @@ setup: setup-main setup-llm
 
 setup-main:
 	@requirements/setup_env.sh .venv requirements/main.lock $(PYTHON)
-	@.venv/bin/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@"$$(readlink -f .venv)/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 
 setup-llm:
 	@requirements/setup_env.sh .venv-llm requirements/llm-cpu.lock $(PYTHON)
