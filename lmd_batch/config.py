@@ -131,6 +131,9 @@ class LLMConfig(Section):
     startup_timeout_s: float = Field(600, gt=0, description="How long a managed server may take to answer /health.")
     max_model_len: int = Field(2048, ge=256, description="Context length of managed servers.")
     max_boxes: int = Field(16, ge=1, le=100, description="Boxes kept per layout (the rest are dropped, noted).")
+    given_layouts: str | None = Field(
+        None, description="JSONL (path or URL) of {prompt_id, layout}: those prompts take the given layout (LMD "
+                          "text or JSON; ground truth, another system's) instead of asking the LLM.")
 
 
 class DiffusionConfig(Section):
@@ -178,7 +181,8 @@ class EvaluationConfig(Section):
     """The evaluate stage: LMD's OWL-ViT protocol (LMD-REFERENCE.md 3.2) and box verification."""
 
     detector: str = Field("tiny-owlvit", description="OWL-ViT: built-in name, Hugging Face id (the benchmark "
-                          "uses google/owlvit-base-patch32), local folder or fsspec URL.")
+                          "uses google/owlvit-base-patch32), local folder or fsspec URL; or 'shapes': the "
+                          "classical shapes detector and the shapes benchmark's predicates.")
     score_threshold: float = Field(0.15, ge=0, le=1, description="Keep detections scoring at least this.")
     nms_threshold: float = Field(0.15, ge=0, le=1, description="Drop a detection overlapping a better one by "
                                  "IoU above this.")
@@ -305,4 +309,6 @@ def load_job(path: str | Path, run_url: str | None = None) -> Job:
     job.run.url = resolve_location(run_url, Path.cwd()) if run_url else resolve_location(job.run.url, base)
     if job.run.cache_url:
         job.run.cache_url = resolve_location(job.run.cache_url, base)
+    if job.llm.given_layouts:
+        job.llm.given_layouts = resolve_location(job.llm.given_layouts, base)
     return job
