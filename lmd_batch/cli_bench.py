@@ -86,19 +86,32 @@ def layouts(
 
 @bench_app.command("images")
 def images(
-    run: str = typer.Option(..., "--run", help="Run folder (path or URL) whose images to evaluate."),
+    run: str = typer.Option(..., "--run", help="Run folder (path or URL) whose images to evaluate; with --suite "
+                            "shapes, the benchmark run to create or resume."),
+    suite: str = typer.Option("lmd", "--suite", help="'lmd': evaluate RUN's images (OWL-ViT, LMD's protocol). "
+                              "'shapes': plan, run or resume the shapes benchmark in RUN (shapes-sd, every "
+                              "method, the shapes detector), then score it."),
+    layouts: str = typer.Option("llm", "--layouts", help="--suite shapes, new runs: 'llm' (stage 1 asks the "
+                                "job's LLM) or 'oracle' (ground-truth layouts: stage-2 errors only)."),
+    per_category: int = typer.Option(100, "--per-category", min=1, help="--suite shapes, new runs: prompts per "
+                                     "category (4 categories)."),
+    job_file: Optional[Path] = typer.Option(None, "--job", exists=True, dir_okay=False, help="--suite shapes, new "
+                                            "runs: job file to start from (default jobs/shapes-benchmark.yaml)."),
     as_json: bool = typer.Option(False, "--json", help="Print {method: {category: %, overall, images}, "
                                  "'layouts': {...}, 'shards': {...}, 'missing': [...]} as one JSON object."),
     executor: Optional[str] = typer.Option(None, "--executor", help="'ray' or 'local' (default: the run's job)."),
     no_evaluate: bool = typer.Option(False, "--no-evaluate", help="Only print the table of what is already "
                                      "evaluated; run nothing."),
 ) -> None:
-    """Image-level LMD benchmark: OWL-ViT on the run's images (LMD's protocol), one table for all methods.
+    """Image-level benchmark: one table of accuracy per method and category, with the run's
+    layout-level accuracy as the upper-bound row.
 
-    Runs the `evaluate` stage over every finished images shard of RUN (resumable like any stage;
-    the detector and thresholds are the job's `evaluation` settings), then prints accuracy per
-    method and category with the run's layout-level accuracy as the upper-bound row. Unfinished
-    shards are listed, not guessed at.
+    --suite lmd (default): runs the `evaluate` stage over every finished images shard of RUN
+    (resumable like any stage; the detector and thresholds are the job's `evaluation` settings).
+    --suite shapes: the shapes world's benchmark (4 x --per-category prompts: negation, numeracy
+    1-5, three-object attribute binding, spatial) drawn by shapes-sd with every method on the same
+    layouts and seeds and judged by the classical shapes detector; RUN is created (prompts and
+    oracle layouts written to RUN.suite/) or resumed. Unfinished shards are listed, not guessed at.
     """
     from pathlib import Path as _Path
 
@@ -109,7 +122,11 @@ def images(
 
     url = resolve_location(run, _Path.cwd())
     try:
-        if not no_evaluate:
+        if suite not in ("lmd", "shapes"):
+            raise UserError(f"--suite must be 'lmd' or 'shapes', not {suite!r}")
+        if suite == "shapes" and not no_evaluate:
+            _run_shapes(url, layouts, per_category, job_file, executor)
+        elif not no_evaluate:
             _run_evaluate(url, executor)
         summary = summarize_run(RunFolder(url))
     except UserError as exc:
@@ -125,7 +142,8 @@ def images(
     from rich.table import Table
 
     rows = format_table(summary)
-    table = Table(title=f"LMD image accuracy (%), OWL-ViT: {url}")
+    detector = "shapes detector" if suite == "shapes" else "OWL-ViT"
+    table = Table(title=f"{'Shapes' if suite == 'shapes' else 'LMD'} image accuracy (%), {detector}: {url}")
     for i, col in enumerate(rows[0]):
         table.add_column(col, justify="left" if i == 0 else "right")
     for r in rows[1:]:
@@ -133,7 +151,8 @@ def images(
     console = Console()
     console.print(table)
     if not summary["methods"]:
-        console.print("no benchmark images evaluated (make the run's input with `lmd-batch bench prompts`)")
+        console.print("no benchmark images evaluated (make the run's input with `lmd-batch bench prompts`, "
+                      "or use --suite shapes)")
     if summary["rejects"]:
         console.print(f"{summary['rejects']} images could not be evaluated (see {url}/evaluate/rejects/); "
                       f"they count as failures")
@@ -141,11 +160,27 @@ def images(
         console.print(f"{summary['other_images']} images of non-benchmark prompts: detector verification only")
 
 
+def _run_shapes(url: str, layouts: str, per_category: int, job_file, executor: str | None) -> None:
+    """Create or resume the shapes benchmark run at `url`, through every stage."""
+    from lmd_batch.bench.shapes_run import plan_job, resume_job
+    from lmd_batch.storage.run_folder import RunFolder
+
+    info = RunFolder(url).read_run_info()
+    if info is None:
+        job = plan_job(url, layouts, per_category, job_file)
+    else:
+        job = resume_job(info, url)
+        given = job.llm.given_layouts is not None
+        if (layouts == "oracle") != given:
+            typer.echo(f"note: {url} exists and was made with {'oracle' if given else 'llm'} layouts; resuming it "
+                       f"as it is (--layouts, --per-category and --job apply to new runs)", err=True)
+    _run(job, executor)
+
+
 def _run_evaluate(url: str, executor: str | None) -> None:
     """Run the evaluate stage of the run's own job over its finished images shards."""
     from lmd_batch.config import Job
-    from lmd_batch.errors import RunFolderError, UserError
-    from lmd_batch.pipeline.runner import run_job
+    from lmd_batch.errors import RunFolderError
     from lmd_batch.storage.run_folder import RunFolder
 
     info = RunFolder(url).read_run_info()
@@ -154,6 +189,13 @@ def _run_evaluate(url: str, executor: str | None) -> None:
     # run.json holds storage options redacted: credentials come from the environment here.
     job = Job.model_validate(dict(info["job"], run=dict(info["job"]["run"], url=url, storage_options={}),
                                   stages=["evaluate"]))
+    _run(job, executor)
+
+
+def _run(job, executor: str | None) -> None:
+    from lmd_batch.errors import UserError
+    from lmd_batch.pipeline.runner import run_job
+
     if executor:
         if executor not in ("ray", "local"):
             raise UserError(f"--executor must be 'ray' or 'local', not {executor!r}")

@@ -25,13 +25,29 @@ def _scores(results: list[tuple[str, bool]]) -> dict:
     return out
 
 
+def suite_prompt(text: str):
+    """(category, layout check) of a benchmark prompt, LMD's (exact text) or the shapes suite's
+    (parsed from its grammar); None for any other prompt. The check takes layouts rows' boxes."""
+    from lmd_batch.bench.predicates import check_prompt
+    from lmd_batch.bench.shapes_suite import judge_layout, parse_prompt
+    from lmd_batch.evaluate.protocol import bench_prompt
+    from lmd_batch.layout.lmd_text import Box
+
+    bp = bench_prompt(text)
+    if bp is not None:
+        return bp.category, lambda boxes: check_prompt(bp, [Box(b["caption"], b["x"], b["y"], b["w"], b["h"])
+                                                            for b in boxes])
+    sp = parse_prompt(text)
+    if sp is not None:
+        return sp.category, lambda boxes: judge_layout(sp, [(b["caption"], b["x"], b["y"], b["w"], b["h"])
+                                                            for b in boxes])
+    return None
+
+
 def summarize_run(run) -> dict:
     """{'methods': {method: scores}, 'layouts': scores | None, 'shards': {...}, 'missing': [lines],
     'rejects': n, 'other_images': n}; scores = {category: % or None, 'overall': %, 'images': n}."""
     from lmd_batch.errors import RunFolderError
-    from lmd_batch.evaluate.protocol import bench_prompt
-    from lmd_batch.layout.lmd_text import Box
-    from lmd_batch.bench.predicates import check_prompt
     from lmd_batch.pipeline.status import valid_markers
 
     if run.read_run_info() is None:
@@ -61,25 +77,24 @@ def summarize_run(run) -> dict:
                        for r in run.read_data("images", shard_id, valid["images"][shard_id]).to_pylist()}
             for r in shard_rejects:
                 rejects += 1
-                bp = bench_prompt(prompts.get((r["layout_id"], r["method"]), ""))
+                bp = suite_prompt(prompts.get((r["layout_id"], r["method"]), ""))
                 if bp is None:
                     other += 1
                 else:
-                    per_method[r["method"]].append((bp.category, False))
+                    per_method[r["method"]].append((bp[0], False))
 
     layout_results = []
     for shard_id, marker in sorted(valid["layouts"].items()):
         if shard_id not in valid["evaluate"]:
             continue  # the bound covers the same prompts as the image rows
         for r in run.read_data("layouts", shard_id, marker).to_pylist():
-            bp = bench_prompt(r["prompt"])
+            bp = suite_prompt(r["prompt"])
             if bp is not None:
-                boxes = [Box(b["caption"], b["x"], b["y"], b["w"], b["h"]) for b in r["boxes"]]
-                layout_results.append((bp.category, check_prompt(bp, boxes)))
+                layout_results.append((bp[0], bp[1](r["boxes"])))
         for r in run.read_rejects("layouts", shard_id, marker).to_pylist():
-            bp = bench_prompt(r["prompt"])
+            bp = suite_prompt(r["prompt"])
             if bp is not None:
-                layout_results.append((bp.category, False))
+                layout_results.append((bp[0], False))
     return dict(methods={m: _scores(v) for m, v in sorted(per_method.items())},
                 layouts=_scores(layout_results) if layout_results else None,
                 shards=dict(total=total, images=len(valid["images"]), evaluated=len(valid["evaluate"])),

@@ -6,6 +6,11 @@ detector is also queried with the layout's own box captions, and each box gets t
 a detection of its caption overlapping it (`box_scores`, `verify_score`): the signal
 `lmd-batch export --min-score` uses to keep detector-verified synthetic data.
 A PNG that is missing or does not decode becomes a reject row; the other images go on.
+
+With `evaluation.detector: shapes` the classical shapes detector (lmd_batch/shapes/detect.py)
+replaces OWL-ViT: prompts of the shapes benchmark (bench/shapes_suite.py, parsed from their text)
+get that suite's predicate, and each layout box is confirmed by a detection of its colour and
+shape overlapping it (score 1) or not (score 0).
 """
 
 from __future__ import annotations
@@ -14,6 +19,9 @@ import time
 
 from lmd_batch.pipeline.base import ShardResult, Stage
 from lmd_batch.schemas import table_from_rows
+
+
+SHAPES_DETECTOR = "shapes"
 
 
 class EvaluateStage(Stage):
@@ -69,6 +77,8 @@ class EvaluateStage(Stage):
         return image, None
 
     def evaluate_image(self, img: dict, image) -> dict:
+        if self.job.evaluation.detector == SHAPES_DETECTOR:
+            return self.evaluate_shapes(img, image)
         from lmd_batch.evaluate.protocol import (bench_prompt, box_scores, filter_detections, judge,
                                                  protocol_labels, queries_for, verify_score)
 
@@ -93,6 +103,31 @@ class EvaluateStage(Stage):
                     detections=[d.as_row() for d in dets], passed=judge(bp, dets) if bp is not None else None,
                     box_detections=[d.as_row() for d in box_dets], box_scores=scores,
                     verify_score=verify_score(scores))
+
+    def evaluate_shapes(self, img: dict, image) -> dict:
+        import numpy as np
+
+        from lmd_batch.bench.shapes_suite import caption_kind, judge, parse_prompt
+        from lmd_batch.evaluate.protocol import Detection, verify_score
+        from lmd_batch.shapes.detect import box_iou, detect_shapes
+
+        found = detect_shapes(np.asarray(image.convert("RGB")))
+        dets = [Detection(d.label, 1.0, *d.box) for d in found]
+        sp = parse_prompt(img["prompt"])
+        sx, sy = image.width / 512.0, image.height / 512.0
+        scores = []
+        for b in img["boxes"]:
+            kind = caption_kind(b["caption"])
+            box = (b["x"] * sx, b["y"] * sy, b["w"] * sx, b["h"] * sy)
+            hit = kind is not None and any((d.color, d.shape) == kind and box_iou(d.box, box) >= self.job.evaluation.verify_iou
+                                           for d in found)
+            scores.append(1.0 if hit else 0.0)
+        return dict(layout_id=img["layout_id"], prompt_id=img["prompt_id"], sample=img["sample"], method=img["method"],
+                    image_path=img["image_path"], width=image.width, height=image.height,
+                    category=sp.category if sp is not None else None, queries=[],
+                    detections=[d.as_row() for d in dets],
+                    passed=judge(sp, [(d.color, d.shape, d.box) for d in found]) if sp is not None else None,
+                    box_detections=[d.as_row() for d in dets], box_scores=scores, verify_score=verify_score(scores))
 
     def close(self) -> None:
         self._detector = None

@@ -65,11 +65,12 @@ def _item(image: dict, ev: dict | None, ev_reject: dict | None) -> dict:
 
 
 def bench_category(prompt: str) -> str | None:
-    """The LMD benchmark category of a prompt (exact text, as the evaluate stage matches it)."""
-    from lmd_batch.evaluate.protocol import bench_prompt
+    """The benchmark category of a prompt: LMD's (exact text) or the shapes suite's (its grammar),
+    as the evaluate stage matches them."""
+    from lmd_batch.evaluate.summary import suite_prompt
 
-    bp = bench_prompt(prompt)
-    return bp.category if bp is not None else None
+    bp = suite_prompt(prompt)
+    return bp[0] if bp is not None else None
 
 
 def _accuracy(run) -> dict:

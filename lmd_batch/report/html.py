@@ -113,7 +113,7 @@ def _summary(data: dict) -> str:
 
 
 def _accuracy(data: dict) -> str:
-    head = '<section id="accuracy-section"><h2>Accuracy (LMD benchmark, OWL-ViT)</h2>'
+    head = '<section id="accuracy-section"><h2>Accuracy (benchmark prompts)</h2>'
     if not data["evaluated"]:
         return head + ('<p class="note" id="accuracy-note">This run was not evaluated (no finished evaluate '
                        "shards): the grids show images without pass/fail. Add the evaluate stage to the job "
@@ -139,8 +139,8 @@ def _accuracy(data: dict) -> str:
     out = [head, '<table id="accuracy"><thead><tr><th>method</th>'
            + "".join(f"<th>{esc(c)}</th>" for c in cols) + "<th>images</th></tr></thead><tbody>"
            + "".join(rows) + "</tbody></table>",
-           '<p class="muted">Accuracy in % of images passing LMD\'s image-level predicates (OWL-ViT detections); '
-           "the layouts row scores the LLM's layouts themselves, the most an image method can reach.</p>"]
+           '<p class="muted">Accuracy in % of images passing LMD\'s image-level predicates (OWL-ViT detections, '
+           "or the shapes detector for the shapes suite); the layouts row scores the LLM's layouts themselves, the most an image method can reach.</p>"]
     shards = acc.get("shards") or {}
     if shards:
         out.append(f'<p class="muted">Shards evaluated: {_fmt(shards.get("evaluated"))} of {_fmt(shards.get("total"))}'
