@@ -42,6 +42,10 @@ BUILTINS: dict[str, Builtin] = {
                         "lmd_batch.models.tiny:build_tiny_sd2", "sd"),
     "tiny-gligen": Builtin("random GLIGEN pipeline (gated attention, gates set to 1)",
                            "lmd_batch.models.tiny:build_tiny_gligen", "gligen"),
+    "shapes-sd": Builtin("the shapes world's SD pipeline, trained here (`lmd-batch shapes train`; 64 px, x4 VAE)",
+                         "lmd_batch.shapes.weights:install_shapes_sd", "sd"),
+    "shapes-gligen": Builtin("GLIGEN variant of shapes-sd (`lmd-batch shapes train-gligen`)",
+                             "lmd_batch.shapes.weights:install_shapes_gligen", "gligen"),
     "tiny-sam": Builtin("random segment-anything SAM (256 px image encoder)", "lmd_batch.models.tiny:build_tiny_sam", "sam"),
     "tiny-owlvit": Builtin("random OWL-ViT detector + processor (128 px)", "lmd_batch.models.tiny:build_tiny_owlvit",
                            "owlvit"),
@@ -56,12 +60,23 @@ def builtin_dir(name: str) -> Path:
     return cache_root() / name
 
 
+def _source_stamp(name: str) -> str | None:
+    """A digest of a built-in's committed source files (the shapes weights), so that new weights in
+    the checkout replace an older copy in the cache; None for models built from code."""
+    if not name.startswith("shapes-"):
+        return None
+    from lmd_batch.shapes.weights import source_digest
+
+    return source_digest(name)
+
+
 def is_prepared(name: str) -> bool:
     f = builtin_dir(name) / PREPARED
     try:
-        return json.loads(f.read_text()).get("builder_version") == BUILDER_VERSION
+        info = json.loads(f.read_text())
     except (OSError, ValueError):
         return False
+    return info.get("builder_version") == BUILDER_VERSION and info.get("source") == _source_stamp(name)
 
 
 def _vocab_dir() -> Path:
@@ -91,7 +106,8 @@ def prepare(name: str, force: bool = False) -> tuple[Path, bool]:
     tmp.mkdir(parents=True)
     try:
         builder(tmp, _vocab_dir())
-        (tmp / PREPARED).write_text(json.dumps({"name": name, "builder_version": BUILDER_VERSION}))
+        (tmp / PREPARED).write_text(json.dumps({"name": name, "builder_version": BUILDER_VERSION,
+                                                "source": _source_stamp(name)}))
         shutil.rmtree(out, ignore_errors=True)
         tmp.replace(out)
     finally:
