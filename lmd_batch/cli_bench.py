@@ -179,17 +179,14 @@ def _run_shapes(url: str, layouts: str, per_category: int, job_file, executor: s
 
 def _run_evaluate(url: str, executor: str | None) -> None:
     """Run the evaluate stage of the run's own job over its finished images shards."""
-    from lmd_batch.config import Job
+    from lmd_batch.bench.shapes_run import resume_job
     from lmd_batch.errors import RunFolderError
     from lmd_batch.storage.run_folder import RunFolder
 
     info = RunFolder(url).read_run_info()
     if info is None:
         raise RunFolderError(f"{url} is not an lmd-batch run folder (no run.json)")
-    # run.json holds storage options redacted: credentials come from the environment here.
-    job = Job.model_validate(dict(info["job"], run=dict(info["job"]["run"], url=url, storage_options={}),
-                                  stages=["evaluate"]))
-    _run(job, executor)
+    _run(resume_job(info, url, stages=["evaluate"]), executor)
 
 
 def _run(job, executor: str | None) -> None:

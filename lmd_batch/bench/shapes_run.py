@@ -51,9 +51,10 @@ def plan_job(run_url: str, layouts: str, per_category: int, job_path=None):
     return job
 
 
-def resume_job(info: dict, url: str):
-    """The job of an existing run, from its run.json (storage credentials from the environment)."""
+def resume_job(info: dict, url: str, stages: list[str] | None = None):
+    """The job of an existing run, from its run.json: every stage, or `stages`. run.json holds
+    storage options redacted, so credentials come from the environment here."""
     from lmd_batch.config import Job
 
     return Job.model_validate(dict(info["job"], run=dict(info["job"]["run"], url=url, storage_options={}),
-                                   stages=None))
+                                   stages=stages))

@@ -15,7 +15,6 @@ to GLIGEN's 30 objects with masks. Step-based and seeded, like the base training
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict, dataclass
 
@@ -53,7 +52,6 @@ def gated_unet(base_unet):
 
 def train_gligen(base: str, out, cfg: GligenConfig | None = None, log=print, progress=None) -> dict:
     """Train the grounding layers on top of base pipeline `base` (any model reference); save to `out`."""
-    import copy
     from pathlib import Path
 
     import torch
@@ -63,6 +61,7 @@ def train_gligen(base: str, out, cfg: GligenConfig | None = None, log=print, pro
     from lmd_batch.models.loaders import load_sd_pipeline
     from lmd_batch.shapes.data import image_tensor
     from lmd_batch.shapes.scene import sample_scene
+    from lmd_batch.shapes.train import save_pipeline
     from lmd_batch.shapes.vocab import phrase
 
     cfg = cfg or GligenConfig()
@@ -139,13 +138,8 @@ def train_gligen(base: str, out, cfg: GligenConfig | None = None, log=print, pro
                         "mean_gate": round(sum(gates.values()) / max(1, len(gates)), 4)}
 
     unet.eval()
-    gl = StableDiffusionGLIGENPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=copy.deepcopy(unet),
-                                       scheduler=pipe.scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    if cfg.fp16:
-        gl.to(torch.float16)
-    out.mkdir(parents=True, exist_ok=True)
-    gl.save_pretrained(out, safe_serialization=True)
-    (out / "training.json").write_text(json.dumps(metrics, indent=1))
+    gl = StableDiffusionGLIGENPipeline(vae=vae, text_encoder=te, tokenizer=tok, unet=unet, scheduler=pipe.scheduler,
+                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    save_pipeline(gl, out, cfg.fp16, metrics)
     log(f"saved the shapes GLIGEN pipeline to {out}")
     return metrics

@@ -243,10 +243,17 @@ def train(cfg: TrainConfig, out, log=print, progress=None) -> dict:
         vae=vae, text_encoder=ema_t, tokenizer=tok, unet=ema_u,
         scheduler=DDIMScheduler.from_config(sched.config, clip_sample=False, set_alpha_to_one=False, steps_offset=1),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    if cfg.fp16:
+    save_pipeline(pipe, out, cfg.fp16, metrics)
+    log(f"saved the shapes pipeline to {out}")
+    return metrics
+
+
+def save_pipeline(pipe, out, fp16: bool, metrics: dict) -> None:
+    """Save a trained pipeline (fp16 weights unless told otherwise) plus its training.json."""
+    import torch
+
+    if fp16:
         pipe.to(torch.float16)
     out.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(out, safe_serialization=True)
     (out / "training.json").write_text(json.dumps(metrics, indent=1))
-    log(f"saved the shapes pipeline to {out}")
-    return metrics
