@@ -6,6 +6,10 @@ from pathlib import Path
 
 import typer
 
+from lmd_batch.shapes.train import TrainConfig
+
+_DEFAULTS = TrainConfig()  # train.py imports torch only inside its functions
+
 shapes_app = typer.Typer(help="The shapes world: train a small SD-format model on rendered scenes of coloured shapes.",
                          no_args_is_help=True)
 
@@ -14,10 +18,12 @@ shapes_app = typer.Typer(help="The shapes world: train a small SD-format model o
 def train_cmd(
     out: Path = typer.Option(..., "--out", file_okay=False, help="Folder to write the diffusers pipeline into."),
     seed: int = typer.Option(0, "--seed", help="Seed of scenes, initialisation and noise (same seed, same weights)."),
-    vae_steps: int = typer.Option(500, "--vae-steps", min=0, help="VAE training steps."),
-    latents: int = typer.Option(16384, "--latents", min=1, help="Scenes pre-encoded for UNet training."),
-    unet_steps: int = typer.Option(2500, "--unet-steps", min=0, help="Text encoder + UNet training steps."),
-    batch: int = typer.Option(32, "--batch", min=1, help="Batch size of both phases."),
+    vae_steps: int = typer.Option(_DEFAULTS.vae_steps, "--vae-steps", min=0, help="VAE training steps."),
+    vae_batch: int = typer.Option(_DEFAULTS.vae_batch, "--vae-batch", min=1, help="VAE batch size."),
+    latents: int = typer.Option(_DEFAULTS.latents, "--latents", min=1, help="Scenes pre-encoded for UNet training."),
+    unet_steps: int = typer.Option(_DEFAULTS.unet_steps, "--unet-steps", min=0,
+                                   help="Text encoder + UNet training steps."),
+    batch: int = typer.Option(_DEFAULTS.batch, "--batch", min=1, help="Batch size of the UNet phase."),
     size: int = typer.Option(64, "--size", min=32, help="Image size in pixels (64 on a CPU, 128 on a GPU)."),
     attn_weight: float = typer.Option(0.03, "--attn-weight", min=0.0,
                                       help="Weight of the attention-localisation loss (0 = plain training)."),
@@ -32,9 +38,9 @@ def train_cmd(
     lmd_batch/shapes/train.py): without it a model this small does not localise its attention,
     and LMD's guidance has nothing to grip.
     """
-    from lmd_batch.shapes.train import TrainConfig, train
+    from lmd_batch.shapes.train import train
 
-    cfg = TrainConfig(size=size, seed=seed, vae_steps=vae_steps, latents=latents, unet_steps=unet_steps, batch=batch,
+    cfg = TrainConfig(size=size, seed=seed, vae_steps=vae_steps, vae_batch=vae_batch, latents=latents, unet_steps=unet_steps, batch=batch,
                       attn_weight=attn_weight, attn_from_step=attn_from_step, threads=threads, fp16=not fp32)
     with _bars() as (bars, tick):
         metrics = train(cfg, out, log=bars.console.print, progress=tick)

@@ -161,6 +161,10 @@ class DiffusionConfig(Section):
     loss_scale: float = Field(5.0, ge=0)
     loss_threshold: float = Field(5.0, ge=0)
     ref_ca_loss_weight: float = Field(2.0, ge=0)
+    negative_defaults: bool = Field(
+        True, description="Append LMD's default negative terms ('artifacts, blurry, ..., duplicate, two, many') "
+        "to the LLM's negative prompt (per-box and overall runs). false for models that never saw those words, "
+        "like shapes-sd: their embeddings are untrained noise and CFG against them made worse images.")
     gligen_beta: float = Field(0.4, ge=0, le=1)
     box_batch_size: int = Field(8, ge=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

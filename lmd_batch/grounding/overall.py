@@ -61,9 +61,10 @@ def join_prompts(*parts: str) -> str:
     return ", ".join(p.strip() for p in parts if p and p.strip())
 
 
-def overall_negative_prompt(spec: GroundingSpec) -> str:
-    """The overall run's negative prompt: the LLM's negative, then LMD's default overall terms (2.0)."""
-    return overall_negative(spec)
+def overall_negative_prompt(spec: GroundingSpec, defaults: bool = True) -> str:
+    """The overall run's negative prompt: the LLM's negative, then LMD's default overall terms (2.0)
+    unless `defaults` is off (diffusion.negative_defaults)."""
+    return overall_negative(spec, defaults)
 
 
 def frozen_step_count(cfg) -> int:
@@ -473,7 +474,7 @@ def overall_generate(pipe, spec: GroundingSpec, boxes: Sequence[BoxLatents], bac
             warnings.append("no per-box latents: nothing was composed or frozen")
     latents, report = run_grounded(
         denoiser, spec, initial, cfg, method=method, prompt=spec.overall_prompt,
-        negative=overall_negative_prompt(spec), boxes=boxes, composed=composed, frozen_steps=frozen,
+        negative=overall_negative_prompt(spec, getattr(cfg, "negative_defaults", True)), boxes=boxes, composed=composed, frozen_steps=frozen,
         guidance_steps=int(cfg.guidance_steps) if spec.boxes else 0, gligen=method == "lmd_plus",
         gligen_beta=float(cfg.gligen_beta), callback=callback, canvas=canvas, warnings=warnings)
     if not spec.boxes:

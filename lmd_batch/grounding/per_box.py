@@ -85,7 +85,7 @@ def latent_size(pipe, size: int) -> tuple[int, int]:
 
 
 def plan_runs(tokenizer, specs: Sequence[tuple[GroundingSpec, object, int]], *, method: str, job_seed: int,
-              latent_shape: tuple[int, int, int], ratio: float) -> list[BoxRun]:
+              latent_shape: tuple[int, int, int], ratio: float, negative_defaults: bool = True) -> list[BoxRun]:
     """Every box of every spec as a `BoxRun`, in (spec, box) order, with its initial noise."""
     runs = []
     for si, (spec, prompt_id, sample) in enumerate(specs):
@@ -95,7 +95,7 @@ def plan_runs(tokenizer, specs: Sequence[tuple[GroundingSpec, object, int]], *, 
                      for b in spec.boxes]
         noise = shared_noise(job_seed, prompt_id, sample, run_boxes, ratio=ratio, latent_shape=latent_shape,
                              canvas=SPEC_CANVAS)
-        negative = per_box_negative(spec)
+        negative = per_box_negative(spec, negative_defaults)
         prefix = f"{spec.background} with" if spec.background else ""
         start = 1 + (len(tokenizer.tokenize(prefix)) if prefix else 0)
         for bi, (b, prompt) in enumerate(zip(spec.boxes, spec.per_box_prompts)):
@@ -395,7 +395,7 @@ def generate_boxes(pipe, specs: Sequence[tuple[GroundingSpec, object, int]], cfg
     channels = int(pipe.unet.config.in_channels)
     ratio = default_blending_ratio(method, cfg.fg_blending_ratio)
     runs = plan_runs(pipe.tokenizer, specs, method=method, job_seed=job_seed, latent_shape=(channels, h, w),
-                     ratio=ratio)
+                     ratio=ratio, negative_defaults=getattr(cfg, "negative_defaults", True))
     if want is not None:
         runs = [r for r in runs if want(r.spec_index, r.box_index)]
     if not runs:

@@ -45,14 +45,16 @@ def _join_negative(llm_negative: str, default: str) -> str:
     return f"{llm_negative}, {default}" if llm_negative else default
 
 
-def per_box_negative(spec: GroundingSpec) -> str:
-    """Negative prompt of the per-box runs: the LLM's negative (if any), then the per-box default."""
-    return _join_negative(spec.negative, DEFAULT_SO_NEGATIVE_PROMPT)
+def per_box_negative(spec: GroundingSpec, defaults: bool = True) -> str:
+    """Negative prompt of the per-box runs: the LLM's negative (if any), then the per-box default
+    (`defaults=False`, the job's `diffusion.negative_defaults: false`: the LLM's negative alone)."""
+    return _join_negative(spec.negative, DEFAULT_SO_NEGATIVE_PROMPT) if defaults else (spec.negative or "").strip()
 
 
-def overall_negative(spec: GroundingSpec) -> str:
-    """Negative prompt of the overall run: the LLM's negative (if any), then the overall default."""
-    return _join_negative(spec.negative, DEFAULT_OVERALL_NEGATIVE_PROMPT)
+def overall_negative(spec: GroundingSpec, defaults: bool = True) -> str:
+    """Negative prompt of the overall run: the LLM's negative (if any), then the overall default
+    (`defaults=False`: the LLM's negative alone)."""
+    return _join_negative(spec.negative, DEFAULT_OVERALL_NEGATIVE_PROMPT) if defaults else (spec.negative or "").strip()
 
 
 # ---------------------------------------------------------------------------------------------

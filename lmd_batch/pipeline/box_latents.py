@@ -32,7 +32,8 @@ def box_key_fields(job, spec, box_index: int, prompt_id: str, sample: int, ident
     b = spec.boxes[box_index]
     return dict(
         model=identities["gligen" if method == "lmd_plus" else "sd"], method=method, scheduler="ddim",
-        steps=cfg.steps, size=cfg.size, prompt=spec.per_box_prompts[box_index], negative=per_box_negative(spec),
+        steps=cfg.steps, size=cfg.size, prompt=spec.per_box_prompts[box_index],
+        negative=per_box_negative(spec, cfg.negative_defaults),
         caption=b.caption, word=b.word, box=[float(v) for v in b.box],
         seeds=[background_seed(job.seed, prompt_id, sample), box_seed(job.seed, prompt_id, sample, box_index)],
         guidance_scale=cfg.guidance_scale, guidance_steps=cfg.guidance_steps if method == "lmd" else 0,

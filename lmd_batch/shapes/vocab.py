@@ -9,14 +9,17 @@ from __future__ import annotations
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 
-#: name -> RGB. Hues far apart, saturation >= 0.8.
+#: name -> RGB. Saturation >= 0.75 and hues at least 47 degrees apart (red 0, yellow 51, green 134,
+#: teal 185, blue 234, purple 284): a small model's colours drift in hue, and the first palette's
+#: orange (28 degrees, between red and yellow) came out red in most generated images. Every name
+#: is one CLIP BPE token ("cyan" would be two).
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (215, 35, 35),
     "green": (30, 160, 60),
-    "blue": (35, 75, 215),
+    "blue": (40, 60, 225),
     "yellow": (235, 205, 25),
-    "purple": (135, 50, 185),
-    "orange": (245, 125, 15),
+    "purple": (155, 45, 195),
+    "teal": (20, 170, 185),
 }
 
 #: name -> RGB of plain backgrounds (all pale: saturation < 0.2).
@@ -42,7 +45,7 @@ def article(word: str) -> str:
 
 
 def phrase(count: int, color: str, shape: str) -> str:
-    """'a red circle', 'an orange star', 'three blue squares'."""
+    """'a red circle', 'a teal star', 'three blue squares'."""
     if count == 1:
         return f"{article(color)} {color} {shape}"
     return f"{NUMBER_WORDS[count]} {color} {plural(shape)}"
