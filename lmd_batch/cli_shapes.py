@@ -76,6 +76,43 @@ def train_gligen_cmd(
                f"(use it as diffusion.gligen_model: {out})")
 
 
+@shapes_app.command("evaluate")
+def evaluate_cmd(
+    model: str = typer.Argument("shapes-sd", help="SD-format shapes model: built-in name, folder or URL."),
+    seeds: int = typer.Option(4, "--seeds", min=1, help="Seeds per single-object prompt (24 kinds x 2 forms each)."),
+    vae_scenes: int = typer.Option(200, "--vae-scenes", min=1, help="Rendered scenes for the VAE measure."),
+    threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
+):
+    """Measure a trained shapes model on its own (no LMD): VAE reconstructions, plain generation of
+    every colour x shape, and two-object prompts, all judged by the shapes detector and seeded, so
+    two training runs can be compared (`accuracy`: single objects with the asked colour and shape)."""
+    import json
+
+    from lmd_batch.errors import UserError
+    from lmd_batch.shapes.quality import QualitySettings, model_quality
+
+    try:
+        q = model_quality(model, QualitySettings(vae_scenes=vae_scenes, seeds=seeds), threads=threads)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    if as_json:
+        typer.echo(json.dumps(q, indent=1))
+        return
+    v, s, p = q["vae"], q["single"], q["pairs"]
+    typer.echo(f"{model}: single-object accuracy {s['accuracy']:.1f}% (colour and shape; "
+               f"'on' form {s['on']['accuracy']:.1f}%, 'with' form {s['with']['accuracy']:.1f}%; "
+               f"{s['on']['images'] + s['with']['images']} images)")
+    typer.echo(f"  colour found {s['on']['colour']:.1f}% / {s['with']['colour']:.1f}%, exactly one object "
+               f"{s['on']['exactly_one']:.1f}% / {s['with']['exactly_one']:.1f}% ('on' / 'with')")
+    typer.echo("  by shape: " + ", ".join(f"{k} {v:.0f}%" for k, v in s["shape_accuracy"].items()))
+    typer.echo("  colour by colour: " + ", ".join(f"{k} {v:.0f}%" for k, v in s["colour_found"].items()))
+    typer.echo(f"  two objects both found: {p['both_found']:.1f}% of {p['images']} images")
+    typer.echo(f"  VAE reconstructions of {v['scenes']} scenes: MSE {v['mse']:.4f}, detector precision "
+               f"{v['precision']:.1f}%, recall {v['recall']:.1f}%  ({q['seconds']:.0f} s)")
+
+
 class _bars:
     """Progress bars on a terminal; one log line per 100 steps otherwise (cluster logs, nohup)."""
 

@@ -15,25 +15,49 @@ from lmd_batch.layout.template import (
 )
 
 T = get_template("lmd-batch-v1")
-EXAMPLES = [pytest.param(caption, layout, id=caption[:30]) for caption, layout in T.examples]
+SHAPES = get_template("shapes-v1")
+EXAMPLES = [pytest.param(caption, layout, id=f"{t.id}:{caption[:30]}") for t in (T, SHAPES)
+            for caption, layout in t.examples]
 NON_ENGLISH_WORDS = {"un", "una", "el", "la", "los", "las", "junto", "perro", "gato"}
 
 
 def test_ids_and_unknown_id():
-    assert TEMPLATE_IDS == ("lmd-batch-v1",)
+    assert TEMPLATE_IDS == ("lmd-batch-v1", "shapes-v1")
     assert isinstance(T, Template) and T.id == "lmd-batch-v1"
     with pytest.raises(ValueError, match="lmd-batch-v1"):
         get_template("v0.1")
 
 
-def test_seven_examples_with_one_non_english_prompt():
-    assert len(T.examples) == 7
-    foreign = [(c, l) for c, l in T.examples
+@pytest.mark.parametrize("template", [T, SHAPES], ids=lambda t: t.id)
+def test_seven_examples_with_one_non_english_prompt(template):
+    assert len(template.examples) == 7
+    foreign = [(c, l) for c, l in template.examples
                if not c.isascii() or NON_ENGLISH_WORDS & set(c.lower().split())]
     assert len(foreign) == 1
     _, layout = foreign[0]
     for text in [b.caption for b in layout.boxes] + [layout.background, layout.negative]:
         assert text.isascii()
+
+
+def test_shapes_examples_satisfy_their_captions():
+    """Every English shapes example is a prompt of the shapes benchmark's grammar whose layout passes
+    the benchmark's own layout check (a wrong example would teach the LLM a wrong layout); none is
+    a prompt the benchmark draws."""
+    from lmd_batch.bench.shapes_suite import CATEGORIES, judge_layout, parse_prompt, shapes_prompts
+
+    suite = {p.prompt for p in shapes_prompts(100)}
+    seen = set()
+    for caption, layout in SHAPES.examples:
+        assert caption not in suite
+        p = parse_prompt(caption)
+        if p is None:  # the Spanish one: a green circle on the right of a purple star
+            by = {b.caption: b for b in layout.boxes}
+            assert by["a green circle"].cx > by["a purple star"].cx
+            continue
+        seen.add(p.category)
+        assert judge_layout(p, [(b.caption, b.x, b.y, b.w, b.h) for b in layout.boxes]), caption
+        assert layout.background == p.background and (layout.negative != "") == (p.category == "negation")
+    assert seen == set(CATEGORIES)
 
 
 def test_examples_cover_the_contract():

@@ -92,6 +92,62 @@ _EXAMPLES_V1: tuple[tuple[str, Layout], ...] = (
 )
 
 
+# The shapes world (lmd_batch/shapes/): the same task, in-context examples in that world's
+# language. A small LLM copies the shape of its examples more than it follows the instruction, so
+# a domain's own examples are the cheapest way to better layouts (LMD's method is in-context
+# learning); none of them is a benchmark prompt (bench/shapes_suite.py draws those from a seed).
+_INSTRUCTION_SHAPES_V1 = (
+    "You plan image layouts for a text-to-image model that draws coloured shapes (circles, "
+    "squares, triangles, stars) on plain or patterned backgrounds. Given a caption, place every "
+    "shape it asks for on a 512x512 canvas. A box is [x, y, w, h]: x and y give its top-left "
+    "corner, with [0, 0] the top-left of the canvas and y growing downward; w and h are width and "
+    "height in pixels. Give each shape its own square box of 100 to 200 pixels (three stars means "
+    "three boxes), keep boxes inside the canvas and apart, and put them where the caption says "
+    "(on the left of, on the right of, above, below). Write each caption as article, colour and "
+    "shape, like \"a red circle\". The background prompt is the caption's background, like \"a "
+    "dotted sand background\"; use \"a white background\" when the caption names none. The "
+    "negative prompt names the shapes the caption excludes (\"no blue stars\" gives \"blue "
+    "stars\"), which get no box; leave it empty otherwise. When given an instruction, revise the "
+    "latest layout: keep every shape it does not mention, with the same box, and change only what "
+    "it asks."
+)
+
+_EXAMPLES_SHAPES_V1: tuple[tuple[str, Layout], ...] = (
+    # counts: one box per instance
+    ("three yellow triangles on a grey background", _layout(
+        "a grey background", "",
+        ("a yellow triangle", 40, 60, 150, 150), ("a yellow triangle", 300, 110, 150, 150),
+        ("a yellow triangle", 150, 320, 150, 150))),
+    # attribute binding: each colour on its own shape
+    ("a green square, a red star and a blue circle on a dotted sand background", _layout(
+        "a dotted sand background", "",
+        ("a green square", 30, 40, 160, 160), ("a red star", 310, 90, 160, 160),
+        ("a blue circle", 140, 310, 160, 160))),
+    # spatial: on the left of
+    ("a purple circle on the left of a teal square on a white background", _layout(
+        "a white background", "",
+        ("a purple circle", 40, 170, 180, 180), ("a teal square", 300, 150, 180, 180))),
+    # negation: the excluded shapes get no box and go to the negative prompt
+    ("two blue stars and no red circles on a striped sky background", _layout(
+        "a striped sky background", "red circles",
+        ("a blue star", 60, 190, 170, 170), ("a blue star", 290, 130, 170, 170))),
+    # spatial: below
+    ("a teal star below a green triangle on a striped grey background", _layout(
+        "a striped grey background", "",
+        ("a teal star", 170, 310, 170, 170), ("a green triangle", 190, 40, 170, 170))),
+    # five small boxes
+    ("five red circles on a sky background", _layout(
+        "a sky background", "",
+        ("a red circle", 30, 30, 120, 120), ("a red circle", 200, 50, 120, 120),
+        ("a red circle", 370, 30, 120, 120), ("a red circle", 100, 300, 120, 120),
+        ("a red circle", 300, 330, 120, 120))),
+    # non-English caption, English layout
+    ("un círculo verde a la derecha de una estrella morada", _layout(
+        "a white background", "",
+        ("a green circle", 300, 170, 170, 170), ("a purple star", 40, 170, 170, 170))),
+)
+
+
 # --------------------------------------------------------------------------- rendering
 
 def _coord(v):
@@ -219,6 +275,7 @@ class Template:
 
 _TEMPLATES = {
     "lmd-batch-v1": Template(id="lmd-batch-v1", instruction=_INSTRUCTION_V1, examples=_EXAMPLES_V1),
+    "shapes-v1": Template(id="shapes-v1", instruction=_INSTRUCTION_SHAPES_V1, examples=_EXAMPLES_SHAPES_V1),
 }
 TEMPLATE_IDS: tuple[str, ...] = tuple(_TEMPLATES)
 
