@@ -161,10 +161,16 @@ class DiffusionConfig(Section):
     loss_scale: float = Field(5.0, ge=0)
     loss_threshold: float = Field(5.0, ge=0)
     ref_ca_loss_weight: float = Field(2.0, ge=0)
-    negative_defaults: bool = Field(
-        True, description="Append LMD's default negative terms ('artifacts, blurry, ..., duplicate, two, many') "
-        "to the LLM's negative prompt (per-box and overall runs). false for models that never saw those words, "
-        "like shapes-sd: their embeddings are untrained noise and CFG against them made worse images.")
+    energy_tokens: Literal["all", "prompt"] = Field(
+        "all", description="Attention the box energy reads: 'all' = the raw softmax over every token column (LMD); "
+        "'prompt' = renormalised over the prompt's own word tokens (Attend-and-Excite's way), for models that put "
+        "most attention on padding (shapes-sd), where the raw energy is saturated and guidance only erases objects.")
+    negative_prompt: Literal["lmd", "llm", "none"] = Field(
+        "lmd", description="Negative prompts of stage 2: 'lmd' = the LLM's negative plus LMD's default terms "
+        "('artifacts, blurry, ..., duplicate, two, many'; the baselines get the LLM's alone); 'llm' = the LLM's "
+        "negative alone; 'none' = no negative prompt in any run (negation then comes from the layout alone). "
+        "shapes-sd uses 'none': it never saw the default words, and CFG against a negative phrase ('purple "
+        "stars') shifts its colours (LMD negation 50% with it, 94% without).")
     gligen_beta: float = Field(0.4, ge=0, le=1)
     box_batch_size: int = Field(8, ge=1)
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(

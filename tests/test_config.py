@@ -271,8 +271,8 @@ def test_shipped_job_files_validate(name):
     assert "# stages: ingest, layouts, box_latents, images" in result.stdout
 
 
-def test_negative_defaults_changes_the_fingerprint_and_the_box_key(tmp_path, write_job):
-    """diffusion.negative_defaults changes every per-box run's negative prompt, so it must change
+def test_negative_prompt_mode_changes_the_fingerprint_and_the_box_key(tmp_path, write_job):
+    """diffusion.negative_prompt changes every per-box run's negative prompt, so it must change
     the run's fingerprint and the box-latent cache key (a cached run with the other setting is
     not a hit)."""
     from lmd_batch.grounding.spec import layout_to_spec
@@ -281,8 +281,8 @@ def test_negative_defaults_changes_the_fingerprint_and_the_box_key(tmp_path, wri
     from lmd_batch.storage.latent_cache import box_key
 
     on = load_job(write_job(tmp_path, **copy.deepcopy(FULL)))
-    off = on.model_copy(update={"diffusion": on.diffusion.model_copy(update={"negative_defaults": False})})
-    assert on.diffusion.negative_defaults is True and on.fingerprint() != off.fingerprint()
+    off = on.model_copy(update={"diffusion": on.diffusion.model_copy(update={"negative_prompt": "llm"})})
+    assert on.diffusion.negative_prompt == "lmd" and on.fingerprint() != off.fingerprint()
     spec = layout_to_spec(parse_layout("[('a red circle', [10, 10, 100, 100])]\nBackground prompt: a grey background"))
     ids = {"sd": "m", "gligen": "g", "dtype": "torch.float32"}
     keys = [box_key(box_key_fields(job, spec, 0, "p1", 0, ids, "lmd")) for job in (on, off)]

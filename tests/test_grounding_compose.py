@@ -326,9 +326,12 @@ def test_zero_boxes_is_plain_generation(models):
     # the same as the plain SD loop with that prompt and negative prompt
     zb, _ = sd_baseline(models.sd, spec, bg, cfg, negative=rep["negative"])
     assert torch.equal(z, zb)
-    # without LMD's default terms the overall run's negative is the LLM's alone
-    z2, rep2 = overall_generate(models.sd, spec, [], bg, make_cfg(steps=4, negative_defaults=False), "lmd")
+    # without LMD's default terms the overall run's negative is the LLM's alone; or nothing
+    z2, rep2 = overall_generate(models.sd, spec, [], bg, make_cfg(steps=4, negative_prompt="llm"), "lmd")
     assert rep2["negative"] == "people" and not torch.equal(z2, z)
+    _, rep3 = overall_generate(models.sd, spec, [], bg, make_cfg(steps=4, negative_prompt="none"), "lmd")
+    _, rb3 = sd_baseline(models.sd, spec, bg, make_cfg(steps=4, negative_prompt="none"))
+    assert rep3["negative"] == rb3["negative"] == ""
 
 
 def test_refiner_is_skipped_when_none(models, monkeypatch):

@@ -24,7 +24,7 @@ from lmd_batch.grounding.guidance import (LMD_MAX_ITERATIONS, UNetEnergy, alphab
 from lmd_batch.grounding.layers import cross_attention_layers, layers_by_block, select_layers  # noqa: E402
 from lmd_batch.grounding.noise import (background_seed, blend_box_noise, box_seed, default_blending_ratio,  # noqa: E402
                                        gaussian_noise, shared_noise)
-from lmd_batch.grounding.tokens import match_phrase, match_phrases, phrase_token_indices  # noqa: E402
+from lmd_batch.grounding.tokens import match_phrase, match_phrases, phrase_token_indices, word_span  # noqa: E402
 
 GUIDE = ["mid_block.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.0.transformer_blocks.0.attn2",
          "up_blocks.1.attentions.1.transformer_blocks.0.attn2"]
@@ -115,6 +115,9 @@ def test_phrase_tokens_missing_repeated_and_truncated(pipe):
     assert phrase_token_indices(tok, long_prompt, "a red apple") == [75]
     assert match_phrase(tok, long_prompt, "a red apple").word_token is None
     assert phrase_token_indices(tok, f"{filler} {filler} a dog", "a dog") == []
+    # the word-token span the renormalised energy uses: BOS, EOS and padding left out, truncated
+    assert word_span(tok, "a cat and a dog") == (1, 6)
+    assert word_span(tok, long_prompt) == (1, 76) and word_span(tok, "") == (1, 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -245,6 +248,21 @@ def test_energy_values_and_direction():
     # uniform attention scores in between
     uni = torch.full((1, 2, 4, 4, 77), 1 / 77)
     assert e_in.item() < box_energy([uni], [[left]]).item() < e_out.item()
+
+    # energy_tokens "prompt": renormalised over the span, the same maps read as if the padding were not there
+    parked = inside.clone()
+    parked[..., 3] *= 0.05   # the object's token keeps 5% of its attention ...
+    parked[..., 0] = 0.0
+    parked[..., 10] = 1 - parked[..., 3] - 0.01  # ... the rest goes to a padding column
+    parked[..., 2] = 0.01  # a word token of the prompt
+    raw = box_energy([parked], [[left]]).item()
+    spanned = PhraseTarget(tokens=(3,), boxes=left.boxes, word_token=3, span=(1, 5))
+    ren = box_energy([parked], [[spanned]]).item()
+    by_hand = parked[..., 1:5] / parked[..., 1:5].sum(-1, keepdim=True)
+    assert ren == pytest.approx(box_energy([by_hand], [[PhraseTarget((2,), left.boxes)]]).item(), rel=1e-5)
+    assert raw > 2 * (1 - 0.05 / 8) - 1e-6 and ren < raw  # raw: fg at its maximum; renormalised: not
+    with pytest.raises(ValueError, match="span"):
+        box_energy([parked], [[PhraseTarget(tokens=(6,), boxes=left.boxes, span=(1, 5))]])
 
     # attention transfer: zero against itself, positive against a different map, weighted by lambda
     box = (0, 0, 256, 512)

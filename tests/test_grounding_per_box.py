@@ -93,9 +93,11 @@ def test_spec_sorting_prompts_grouping_and_negatives():
     assert per_box_negative(neg) == "cartoon, " + DEFAULT_SO_NEGATIVE_PROMPT
     assert overall_negative(neg) == "cartoon, " + DEFAULT_OVERALL_NEGATIVE_PROMPT
     assert DEFAULT_OVERALL_NEGATIVE_PROMPT.split(", ") == DEFAULT_SO_NEGATIVE_PROMPT.split(", ")[:9]
-    # diffusion.negative_defaults: false -> the LLM's negative alone (empty when it has none)
-    assert per_box_negative(neg, defaults=False) == overall_negative(neg, defaults=False) == "cartoon"
-    assert per_box_negative(spec, defaults=False) == ""
+    # diffusion.negative_prompt: llm -> the LLM's negative alone (empty when it has none); none -> nothing
+    assert per_box_negative(neg, "llm") == overall_negative(neg, "llm") == "cartoon"
+    assert per_box_negative(spec, "llm") == "" and per_box_negative(neg, "none") == overall_negative(neg, "none") == ""
+    with pytest.raises(ValueError, match="negative prompt mode"):
+        per_box_negative(neg, "off")
     # number words and plurals
     assert [number_to_words(n) for n in (2, 3, 12, 21, 40, 105)] == [
         "two", "three", "twelve", "twenty-one", "forty", "one hundred and five"]

@@ -42,7 +42,7 @@ from lmd_batch.grounding.compose import compose_trajectory, foreground_mask, ref
 from lmd_batch.grounding.energy import PhraseTarget, TransferTarget, in_box_attention_ratio
 from lmd_batch.grounding.guidance import UNetEnergy, alphabar, guide_latents
 from lmd_batch.grounding.spec import SPEC_CANVAS, overall_negative
-from lmd_batch.grounding.tokens import match_phrases
+from lmd_batch.grounding.tokens import match_phrases, word_span
 from lmd_batch.grounding.types import BoxLatents, GroundingSpec
 
 LAYOUT_CANVAS = SPEC_CANVAS  # spec boxes are [x, y, w, h] on LMD's 512 x 512 canvas, whatever the image size
@@ -61,10 +61,10 @@ def join_prompts(*parts: str) -> str:
     return ", ".join(p.strip() for p in parts if p and p.strip())
 
 
-def overall_negative_prompt(spec: GroundingSpec, defaults: bool = True) -> str:
-    """The overall run's negative prompt: the LLM's negative, then LMD's default overall terms (2.0)
-    unless `defaults` is off (diffusion.negative_defaults)."""
-    return overall_negative(spec, defaults)
+def overall_negative_prompt(spec: GroundingSpec, mode: str = "lmd") -> str:
+    """The overall run's negative prompt: the LLM's negative, then LMD's default overall terms (2.0);
+    `mode` is diffusion.negative_prompt (spec.NEGATIVE_MODES)."""
+    return overall_negative(spec, mode)
 
 
 def frozen_step_count(cfg) -> int:
@@ -242,17 +242,21 @@ def denoise(pipe, latents: torch.Tensor, text: TextCondition, *, steps: int, gui
 # phrases and boxes of a prompt
 # ---------------------------------------------------------------------------------------------
 
-def phrase_targets(tokenizer, prompt: str, spec: GroundingSpec) -> tuple[list[PhraseTarget], list[int], list[str]]:
+def phrase_targets(tokenizer, prompt: str, spec: GroundingSpec, energy_tokens: str = "all"
+                   ) -> tuple[list[PhraseTarget], list[int], list[str]]:
     """The overall phrases as energy targets in `prompt`, which box belongs to which phrase, warnings.
 
     Each phrase's tokens are matched in prompt order (tokens.match_phrases; falls back to the
     last word); its boxes are the spec boxes grouped under it (the energy uses their union).
+    energy_tokens "prompt": the energy renormalises attention over the prompt's word tokens.
     """
     matches = match_phrases(tokenizer, prompt, list(spec.overall_phrases))
+    span = word_span(tokenizer, prompt) if energy_tokens == "prompt" else None
     targets, warnings = [], []
     box_phrase = [-1] * len(spec.boxes)
     for p, (phrase, group, m) in enumerate(zip(spec.overall_phrases, spec.overall_phrase_boxes, matches)):
-        targets.append(PhraseTarget(tuple(m.tokens), tuple(tuple(spec.boxes[j].box) for j in group), m.word_token))
+        targets.append(PhraseTarget(tuple(m.tokens), tuple(tuple(spec.boxes[j].box) for j in group), m.word_token,
+                                    span if m.tokens else None))
         for j in group:
             box_phrase[j] = p
         if not m.tokens:
@@ -318,7 +322,7 @@ def run_grounded(pipe, spec: GroundingSpec, initial: torch.Tensor, cfg, *, metho
     warnings = list(warnings)
     steps = int(cfg.steps)
     text = encode_text(pipe, prompt, negative, cfg.guidance_scale)
-    phrases, box_phrase, w = phrase_targets(pipe.tokenizer, prompt, spec)
+    phrases, box_phrase, w = phrase_targets(pipe.tokenizer, prompt, spec, getattr(cfg, "energy_tokens", "all"))
     warnings += w
     layers = select_layers(unet, "guidance")
     ratio_steps = min(steps, int(cfg.guidance_steps if ratio_steps is None else ratio_steps))
@@ -474,7 +478,7 @@ def overall_generate(pipe, spec: GroundingSpec, boxes: Sequence[BoxLatents], bac
             warnings.append("no per-box latents: nothing was composed or frozen")
     latents, report = run_grounded(
         denoiser, spec, initial, cfg, method=method, prompt=spec.overall_prompt,
-        negative=overall_negative_prompt(spec, getattr(cfg, "negative_defaults", True)), boxes=boxes, composed=composed, frozen_steps=frozen,
+        negative=overall_negative_prompt(spec, getattr(cfg, "negative_prompt", "lmd")), boxes=boxes, composed=composed, frozen_steps=frozen,
         guidance_steps=int(cfg.guidance_steps) if spec.boxes else 0, gligen=method == "lmd_plus",
         gligen_beta=float(cfg.gligen_beta), callback=callback, canvas=canvas, warnings=warnings)
     if not spec.boxes:

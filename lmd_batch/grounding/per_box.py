@@ -49,7 +49,7 @@ from lmd_batch.grounding.layers import select_layers
 from lmd_batch.grounding.masks import (attention_mask, attention_start_step, box_mask_only, sam_mask)
 from lmd_batch.grounding.noise import default_blending_ratio, shared_noise
 from lmd_batch.grounding.spec import SPEC_CANVAS, per_box_negative
-from lmd_batch.grounding.tokens import match_phrase
+from lmd_batch.grounding.tokens import match_phrase, word_span
 from lmd_batch.grounding.types import BoxLatents, GroundingSpec
 
 METHODS = ("lmd", "lmd_plus")
@@ -85,7 +85,7 @@ def latent_size(pipe, size: int) -> tuple[int, int]:
 
 
 def plan_runs(tokenizer, specs: Sequence[tuple[GroundingSpec, object, int]], *, method: str, job_seed: int,
-              latent_shape: tuple[int, int, int], ratio: float, negative_defaults: bool = True) -> list[BoxRun]:
+              latent_shape: tuple[int, int, int], ratio: float, negative_mode: str = "lmd") -> list[BoxRun]:
     """Every box of every spec as a `BoxRun`, in (spec, box) order, with its initial noise."""
     runs = []
     for si, (spec, prompt_id, sample) in enumerate(specs):
@@ -95,7 +95,7 @@ def plan_runs(tokenizer, specs: Sequence[tuple[GroundingSpec, object, int]], *, 
                      for b in spec.boxes]
         noise = shared_noise(job_seed, prompt_id, sample, run_boxes, ratio=ratio, latent_shape=latent_shape,
                              canvas=SPEC_CANVAS)
-        negative = per_box_negative(spec, negative_defaults)
+        negative = per_box_negative(spec, negative_mode)
         prefix = f"{spec.background} with" if spec.background else ""
         start = 1 + (len(tokenizer.tokenize(prefix)) if prefix else 0)
         for bi, (b, prompt) in enumerate(zip(spec.boxes, spec.per_box_prompts)):
@@ -174,6 +174,7 @@ class _Context:
         self.scheduler = ddim_scheduler(pipe, self.steps, self.device)
         self.timesteps = list(self.scheduler.timesteps)
         self.gligen_steps = int(cfg.gligen_beta * self.steps) if method == "lmd_plus" else 0
+        self.energy_tokens = getattr(cfg, "energy_tokens", "all")
         self.stats = _zero_stats()
 
 
@@ -213,7 +214,8 @@ def _run_chunk(ctx: _Context, runs: list[BoxRun], store: AttentionStore) -> list
     b = len(runs)
     cond, uncond = _encode(ctx, runs)
     matches = [match_phrase(ctx.pipe.tokenizer, r.prompt, r.caption, start=r.prompt_start, word=r.word) for r in runs]
-    phrases = [[PhraseTarget(m.tokens, (r.run_box,), m.word_token)] for m, r in zip(matches, runs)]
+    spans = [word_span(ctx.pipe.tokenizer, r.prompt) if ctx.energy_tokens == "prompt" else None for r in runs]
+    phrases = [[PhraseTarget(m.tokens, (r.run_box,), m.word_token, span)] for m, r, span in zip(matches, runs, spans)]
     word_idx = torch.tensor([m.word_token if m.word_token is not None else 0 for m in matches], device=ctx.device)
     rows = torch.arange(b, device=ctx.device)
     gligen = _gligen_inputs(ctx, runs) if ctx.method == "lmd_plus" else None
@@ -395,7 +397,7 @@ def generate_boxes(pipe, specs: Sequence[tuple[GroundingSpec, object, int]], cfg
     channels = int(pipe.unet.config.in_channels)
     ratio = default_blending_ratio(method, cfg.fg_blending_ratio)
     runs = plan_runs(pipe.tokenizer, specs, method=method, job_seed=job_seed, latent_shape=(channels, h, w),
-                     ratio=ratio, negative_defaults=getattr(cfg, "negative_defaults", True))
+                     ratio=ratio, negative_mode=getattr(cfg, "negative_prompt", "lmd"))
     if want is not None:
         runs = [r for r in runs if want(r.spec_index, r.box_index)]
     if not runs:

@@ -45,16 +45,35 @@ def _join_negative(llm_negative: str, default: str) -> str:
     return f"{llm_negative}, {default}" if llm_negative else default
 
 
-def per_box_negative(spec: GroundingSpec, defaults: bool = True) -> str:
+#: diffusion.negative_prompt: "lmd" = the LLM's negative, then LMD's default terms (the reference);
+#: "llm" = the LLM's negative alone; "none" = no negative prompt in any run (negation then comes
+#: from the layout alone: an excluded object simply gets no box).
+NEGATIVE_MODES = ("lmd", "llm", "none")
+
+
+def _negative(spec: GroundingSpec, mode: str, default: str) -> str:
+    if mode not in NEGATIVE_MODES:
+        raise ValueError(f"negative prompt mode must be one of {NEGATIVE_MODES}, not {mode!r}")
+    if mode == "none":
+        return ""
+    return _join_negative(spec.negative, default) if mode == "lmd" else (spec.negative or "").strip()
+
+
+def per_box_negative(spec: GroundingSpec, mode: str = "lmd") -> str:
     """Negative prompt of the per-box runs: the LLM's negative (if any), then the per-box default
-    (`defaults=False`, the job's `diffusion.negative_defaults: false`: the LLM's negative alone)."""
-    return _join_negative(spec.negative, DEFAULT_SO_NEGATIVE_PROMPT) if defaults else (spec.negative or "").strip()
+    (mode "lmd"); the LLM's alone ("llm"); nothing ("none")."""
+    return _negative(spec, mode, DEFAULT_SO_NEGATIVE_PROMPT)
 
 
-def overall_negative(spec: GroundingSpec, defaults: bool = True) -> str:
+def overall_negative(spec: GroundingSpec, mode: str = "lmd") -> str:
     """Negative prompt of the overall run: the LLM's negative (if any), then the overall default
-    (`defaults=False`: the LLM's negative alone)."""
-    return _join_negative(spec.negative, DEFAULT_OVERALL_NEGATIVE_PROMPT) if defaults else (spec.negative or "").strip()
+    (mode "lmd"); the LLM's alone ("llm"); nothing ("none")."""
+    return _negative(spec, mode, DEFAULT_OVERALL_NEGATIVE_PROMPT)
+
+
+def baseline_negative(spec: GroundingSpec, mode: str = "lmd") -> str:
+    """Negative prompt of the baselines: the LLM's negative as it is, or nothing in mode "none"."""
+    return "" if mode == "none" else (spec.negative or "").strip()
 
 
 # ---------------------------------------------------------------------------------------------

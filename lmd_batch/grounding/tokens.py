@@ -50,6 +50,13 @@ def content_capacity(tokenizer) -> int:
     return n - 2
 
 
+def word_span(tokenizer, prompt: str) -> tuple[int, int]:
+    """[start, end) of the prompt's own word tokens in the encoded prompt (BOS, EOS and padding
+    left out; truncation applied): what `energy_tokens: prompt` renormalises the attention over."""
+    n = min(len(tokenizer.tokenize(prompt)), content_capacity(tokenizer))
+    return 1, 1 + n
+
+
 def _find(seq: Sequence[str], sub: Sequence[str], start: int = 0) -> int | None:
     """Index of the first occurrence of `sub` in `seq` at or after `start`."""
     n = len(sub)

@@ -33,7 +33,7 @@ def box_key_fields(job, spec, box_index: int, prompt_id: str, sample: int, ident
     return dict(
         model=identities["gligen" if method == "lmd_plus" else "sd"], method=method, scheduler="ddim",
         steps=cfg.steps, size=cfg.size, prompt=spec.per_box_prompts[box_index],
-        negative=per_box_negative(spec, cfg.negative_defaults),
+        negative=per_box_negative(spec, cfg.negative_prompt),
         caption=b.caption, word=b.word, box=[float(v) for v in b.box],
         seeds=[background_seed(job.seed, prompt_id, sample), box_seed(job.seed, prompt_id, sample, box_index)],
         guidance_scale=cfg.guidance_scale, guidance_steps=cfg.guidance_steps if method == "lmd" else 0,
@@ -42,7 +42,7 @@ def box_key_fields(job, spec, box_index: int, prompt_id: str, sample: int, ident
         fg_blending_ratio=default_blending_ratio(method, cfg.fg_blending_ratio),
         mask=cfg.mask, sam=identities.get("sam") if cfg.mask == "sam" else None, latent_dtype="float16",
         dtype=str(identities.get("dtype")),
-    )
+    ) | ({"energy_tokens": cfg.energy_tokens} if cfg.energy_tokens != "all" else {})  # old keys stay valid
 
 
 class BoxLatentStage(Stage):
