@@ -43,6 +43,25 @@ def test_shapes_sd_loads_through_the_sd_loader_and_draws_what_it_is_asked():
     assert gl.unet.position_net is not None and gl.vae_scale_factor == 4
 
 
+def test_shapes_evaluate_measures_the_committed_model():
+    """`lmd-batch shapes evaluate` on the committed weights (one seed, 20 VAE scenes): the numbers
+    are deterministic for the committed bytes, so the floors catch a broken model, loader or
+    detector (the full measure, 4 seeds, is in benchmarks/RESULTS.md)."""
+    from typer.testing import CliRunner
+
+    from lmd_batch.cli import app
+
+    res = CliRunner().invoke(app, ["shapes", "evaluate", "shapes-sd", "--seeds", "1", "--vae-scenes", "20",
+                                   "--threads", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    q = json.loads(res.output[res.output.index("{"):])
+    assert q["vae"]["precision"] >= 90 and q["vae"]["recall"] >= 90
+    assert q["single"]["accuracy"] >= 75 and q["single"]["on"]["images"] == q["single"]["with"]["images"] == 24
+    assert 0 <= q["pairs"]["both_found"] <= 100 and q["pairs"]["images"] == 24
+    bad = CliRunner().invoke(app, ["shapes", "evaluate", "no-such-model-here"])
+    assert bad.exit_code != 0 and "error:" in bad.output
+
+
 @pytest.fixture(scope="module")
 def bench_job(tmp_path_factory):
     """jobs/shapes-benchmark.yaml, in-process executor and fewer steps (the same code path)."""
