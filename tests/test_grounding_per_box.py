@@ -22,8 +22,8 @@ from lmd_batch.config import DiffusionConfig  # noqa: E402
 from lmd_batch.grounding.align import (align_box_latents, alignment_shift, centred_box, quantum_cells,  # noqa: E402
                                        scaled_shift, shift_attention, shift_grid)
 from lmd_batch.grounding.masks import (attention_mask, attention_point, average_attention, box_mask_only,  # noqa: E402
-                                       centre_of_mass, gaussian_blur, mask_iou, predict_sam, resize_masks, sam_mask,
-                                       select_mask, selection_scores, smoothed_attention)
+                                       centre_of_mass, gaussian_blur, mask_iou, peak_component, predict_sam,
+                                       resize_masks, sam_mask, select_mask, selection_scores, smoothed_attention)
 from lmd_batch.grounding.noise import shared_noise  # noqa: E402
 from lmd_batch.grounding.per_box import generate_boxes  # noqa: E402
 from lmd_batch.grounding.spec import (DEFAULT_OVERALL_NEGATIVE_PROMPT, DEFAULT_SO_NEGATIVE_PROMPT,  # noqa: E402
@@ -391,6 +391,25 @@ def test_attention_and_box_masks_and_smoothing():
     # with smoothing the blob grows but stays in the corner
     res = attention_mask(maps, (16, 16), start=2, sigma=1.5)
     assert res.mask[15, 15] == 1 and res.mask[0, 0] == 0 and res.mask.sum() > 16
+
+    # two objects in one per-box run: the mask keeps the one under the attention peak (what a SAM
+    # point prompt there would segment); single=False keeps every cell above the threshold
+    two = torch.zeros(8, 8)
+    two[1:3, 1:3] = 0.6   # a weaker blob, top left
+    two[5:8, 5:8] = 1.0   # the peak, bottom right
+    res = attention_mask(two, (16, 16), sigma=0.0)
+    assert res.mask[10:, 10:].all() and res.mask.sum() == 36 and res.mask[:8, :8].sum() == 0
+    assert res.info["dropped_cells"] == 4
+    both = attention_mask(two, (16, 16), sigma=0.0, single=False)
+    assert both.mask.sum() == 36 + 16 and both.info["dropped_cells"] == 0
+    # the component follows 4-connectivity: a diagonal neighbour is another object
+    diag = torch.zeros(4, 4, dtype=torch.bool)
+    diag[0, 0] = diag[1, 1] = diag[1, 2] = True
+    peak = torch.zeros(4, 4)
+    peak[1, 2] = 1.0
+    assert peak_component(diag, peak).tolist() == [[False] * 4, [False, True, True, False], [False] * 4, [False] * 4]
+    peak[3, 3] = 2.0  # the peak outside the mask: nothing to choose, the mask stays whole
+    assert torch.equal(peak_component(diag, peak), diag)
 
     # box mask: LMD's rounding at latent resolution
     b = box_mask_only((128, 0, 256, 512), (16, 16))

@@ -12,7 +12,8 @@ Three ways, each a pure function of its inputs:
   mask SAM is confident in that agrees with the coarse mask.
   The prompt is a single positive point at the argmax of the smoothed word-token attention (LMD),
   or the layout box itself (LMD+; the coarse mask is then the box mask);
-- `attention_mask`: the coarse mask itself, upsampled (nearest) to latent resolution;
+- `attention_mask`: the coarse mask's connected part under the attention peak (the object a
+  point prompt there would segment), upsampled (nearest) to latent resolution;
 - `box_mask_only`: the box.
 
 The smoothed word-token attention (`smoothed_attention`): the word token's cond-branch attention
@@ -220,17 +221,47 @@ def box_mask_only(box, latent_hw: tuple[int, int], canvas=512) -> MaskResult:
     return MaskResult(m, m.bool(), {"mode": "box", "cells": list(box_cells(box, latent_hw[0], latent_hw[1], canvas))})
 
 
+def peak_component(mask: torch.Tensor, norm_map: torch.Tensor) -> torch.Tensor:
+    """The 4-connected component of a (h, w) bool mask that holds the map's argmax (first on
+    ties); the mask unchanged when the peak is not in it.
+
+    Why: LMD's mask is SAM prompted with one point at the attention peak, i.e. the one object
+    under the peak. A per-box run now and then draws the object twice; the thresholded map then
+    covers both, and composition would paste two objects into one box.
+    """
+    h, w = mask.shape[-2:]
+    y0, x0 = divmod(int(torch.argmax(norm_map.reshape(-1))), w)
+    cells = mask.bool().tolist()
+    if not cells[y0][x0]:
+        return mask.bool().clone()
+    keep = [[False] * w for _ in range(h)]
+    keep[y0][x0] = True
+    stack = [(y0, x0)]
+    while stack:
+        y, x = stack.pop()
+        for ny, nx in ((y - 1, x), (y + 1, x), (y, x - 1), (y, x + 1)):
+            if 0 <= ny < h and 0 <= nx < w and cells[ny][nx] and not keep[ny][nx]:
+                keep[ny][nx] = True
+                stack.append((ny, nx))
+    return torch.tensor(keep, dtype=torch.bool)
+
+
 def attention_mask(attn, latent_hw: tuple[int, int], *, start: int = 0, sigma: float | None = None,
-                   threshold: float = POINT_THRESHOLD) -> MaskResult:
+                   threshold: float = POINT_THRESHOLD, single: bool = True) -> MaskResult:
     """The coarse attention mask, upsampled to latent resolution (nearest).
 
     attn: the word token's maps (steps, heads, h, w) (averaged from `start`), or an averaged
-    (h, w) map.
+    (h, w) map. single: keep only the connected part under the attention peak (`peak_component`,
+    what SAM's point prompt would segment); False: every cell above the threshold.
     """
     norm = smoothed_attention(average_attention(attn, start), sigma)
     coarse = coarse_mask(norm, threshold)
+    parts = int(coarse.sum())
+    if single:
+        coarse = peak_component(coarse, norm)
     m = upsample_mask(coarse, latent_hw)
-    return MaskResult(m.float(), m, {"mode": "attention", "map_hw": list(norm.shape), "threshold": threshold})
+    return MaskResult(m.float(), m, {"mode": "attention", "map_hw": list(norm.shape), "threshold": threshold,
+                                     "dropped_cells": parts - int(coarse.sum())})
 
 
 def predict_sam(predictor, image: np.ndarray, *, point: tuple[float, float] | None = None,
@@ -305,5 +336,5 @@ def centre_of_mass(mask: torch.Tensor) -> tuple[float, float] | None:
 
 __all__ = ["MaskResult", "attention_mask", "attention_point", "attention_start_step", "average_attention",
            "box_mask_only", "box_pixels", "centre_of_mass", "coarse_mask", "default_sigma", "gaussian_blur",
-           "mask_iou", "predict_sam", "resize_masks", "sam_mask", "select_mask", "selection_scores",
+           "mask_iou", "peak_component", "predict_sam", "resize_masks", "sam_mask", "select_mask", "selection_scores",
            "smoothed_attention", "upsample_mask"]

@@ -23,8 +23,8 @@ steps the whole chunk. Samples never interact, so a chunk gives each run what it
 
 Saved per run (contract: types.BoxLatents): latents at step indices 0..frozen_steps (index 0 is
 the run's initial noise, before any guidance; index i + 1 is after scheduler step i), the word
-token's cond attention at the transfer layers for step indices 0..guidance_steps-1 (from each
-step's CFG forward, after that step's guidance), and, for the mask, the word token's attention
+token's cond attention at the transfer layers for step indices 0..max(guidance_steps,
+overall_guidance_steps)-1 (from each step's CFG forward, after that step's guidance), and, for the mask, the word token's attention
 at the "mask" layer averaged over the steps from 10/50 of the run on and over heads.
 
 UNet passes are counted as the contract counts them: one per CFG forward of a chunk (both halves
@@ -164,7 +164,11 @@ class _Context:
         # keep_steps (the box-latent cache): keep latents 0..keep_steps and attention of steps < keep_steps,
         # so composition settings (frozen ratio, overall guidance steps) can change without rerunning.
         self.frozen = frozen_steps(cfg) if keep_steps is None else min(int(keep_steps), self.steps)
-        self.attn_steps = min(int(cfg.guidance_steps if keep_steps is None else keep_steps), self.steps)
+        # attention is kept for every step either pass guides: the overall pass's transfer reads it
+        # even when the per-box runs themselves are unguided (guidance_steps 0)
+        overall = getattr(cfg, "overall_guidance_steps", None)
+        guided = max(int(cfg.guidance_steps), int(cfg.guidance_steps if overall is None else overall))
+        self.attn_steps = min(guided if keep_steps is None else int(keep_steps), self.steps)
         self.box_guidance_steps = int(cfg.guidance_steps) if method == "lmd" else 0
         self.sam_start = attention_start_step(self.steps)
         self.do_cfg = float(cfg.guidance_scale) > 1.0

@@ -51,7 +51,7 @@ class TrainConfig:
 LMD_LAYERS = {
     "guidance": ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"],
     "transfer": ["up_blocks.1.attentions.0.transformer_blocks.0.attn2", "up_blocks.1.attentions.1.transformer_blocks.0.attn2"],
-    "mask": ["down_blocks.1.attentions.0.transformer_blocks.0.attn2"],
+    "mask": ["up_blocks.2.attentions.0.transformer_blocks.0.attn2"],  # 16x16: a mask at latent resolution
 }
 
 
