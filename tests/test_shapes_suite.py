@@ -51,6 +51,17 @@ def test_every_prompt_parses_back_and_other_text_does_not():
         assert parse_prompt(text) is None, text
 
 
+def test_every_oracle_layout_passes_its_own_predicate_with_a_visible_relation():
+    """All 400, not a sample: one of them once failed its own predicate (centres equal after rounding)."""
+    for p in PROMPTS:
+        boxes = [(b["caption"], b["x"], b["y"], b["w"], b["h"]) for b in oracle_layout(p)["boxes"]]
+        assert judge_layout(p, boxes), (p.prompt, boxes)
+        if p.relation is not None:
+            (ax, ay), (bx, by) = [(x + w / 2, y + h / 2) for _, x, y, w, h in boxes[:2]]
+            gap = {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[p.relation]
+            assert gap > 512 / 64, (p.prompt, boxes)
+
+
 @pytest.mark.parametrize("category", CATEGORIES)
 def test_oracle_layouts_rendered_pass_and_mistakes_fail(category):
     """Oracle layout -> rendered scene -> shapes detector -> predicate holds; then one mistake each."""

@@ -29,6 +29,7 @@ from lmd_batch.shapes.vocab import BACKGROUNDS, COLORS, NUMBER_WORDS, SHAPES, ph
 CATEGORIES: tuple[str, ...] = ("negation", "numeracy", "attribution", "spatial")
 RELATIONS = {"left of": "on the left of", "right of": "on the right of", "above": "above", "below": "below"}
 CANVAS = 512
+RELATION_MARGIN = CANVAS / 64  # one pixel of the 64x64 image, in canvas units
 
 
 @dataclass(frozen=True)
@@ -144,9 +145,9 @@ def _centre(box) -> tuple[float, float]:
     return x + w / 2, y + h / 2
 
 
-def _holds(relation: str, a_box, b_box) -> bool:
+def _holds(relation: str, a_box, b_box, margin: float = 0.0) -> bool:
     (ax, ay), (bx, by) = _centre(a_box), _centre(b_box)
-    return {"left of": ax < bx, "right of": ax > bx, "above": ay < by, "below": ay > by}[relation]
+    return {"left of": bx - ax, "right of": ax - bx, "above": by - ay, "below": ay - by}[relation] > margin
 
 
 def judge(p: ShapesPrompt, found: list[tuple[str, str, tuple]]) -> bool:
@@ -189,7 +190,12 @@ def judge_layout(p: ShapesPrompt, boxes) -> bool:
 
 def oracle_layout(p: ShapesPrompt, seed: int = 0) -> dict:
     """A ground-truth layout for the prompt: {boxes: [{caption, x, y, w, h}] on 512, background,
-    negative}; boxes 20-32% of the canvas, 4% apart, satisfying the relation (seeded)."""
+    negative}; boxes 20-32% of the canvas, 4% apart, satisfying the relation (seeded).
+
+    The relation is checked on the rounded pixel boxes with the centres at least one 64x64 image
+    pixel apart (RELATION_MARGIN): checked on unrounded floats, one layout's centres came out
+    equal after rounding and failed its own predicate, and a sub-pixel relation is a coin flip for
+    any detector."""
     import numpy as np
 
     rng = np.random.Generator(np.random.PCG64([seed, abs(hash_text(p.prompt))]))
@@ -207,7 +213,7 @@ def oracle_layout(p: ShapesPrompt, seed: int = 0) -> dict:
                     placed.append((x, y, size))
                     break
         if len(placed) == len(kinds) and (p.relation is None or _holds(
-                p.relation, _px(placed[0]), _px(placed[1]))):
+                p.relation, _rounded(placed[0]), _rounded(placed[1]), RELATION_MARGIN)):
             break
     else:  # pragma: no cover - the ranges above always admit a layout
         raise RuntimeError(f"no oracle layout found for {p.prompt!r}")
@@ -217,9 +223,9 @@ def oracle_layout(p: ShapesPrompt, seed: int = 0) -> dict:
     return dict(boxes=boxes, background=p.background, negative=negative)
 
 
-def _px(placed) -> tuple[float, float, float, float]:
+def _rounded(placed) -> tuple[int, int, int, int]:
     x, y, s = placed
-    return x, y, s, s
+    return round(x * CANVAS), round(y * CANVAS), round(s * CANVAS), round(s * CANVAS)
 
 
 def hash_text(text: str) -> int:
