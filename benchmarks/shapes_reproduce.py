@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="Folder the new training run writes (or has written).")
     ap.add_argument("--trained", action="store_true", help="--out already holds a finished run: only measure.")
     ap.add_argument("--threads", type=int, default=2, help="torch threads for training and measuring.")
+    ap.add_argument("--device", default="cpu", help="torch device for training and measuring (cpu, cuda); "
+                    "random draws stay on CPU generators either way.")
+    ap.add_argument("--workers", type=int, default=1, help="Processes rendering training scenes (same weights).")
     ap.add_argument("--json", default=None, help="Also write both measurements to this JSON file.")
     args = ap.parse_args()
 
@@ -41,10 +44,16 @@ def main() -> None:
 
     if not args.trained:
         t0 = time.perf_counter()
-        train(TrainConfig(seed=0, threads=args.threads), args.out)
+        def tick(phase, done, total, **losses):
+            if done % 500 == 0 or done == total:
+                print(f"{phase} {done}/{total} {time.perf_counter() - t0:.0f} s", flush=True)
+
+        train(TrainConfig(seed=0, threads=args.threads, device=args.device, workers=args.workers), args.out,
+              progress=tick)
         print(f"trained in {time.perf_counter() - t0:.0f} s -> {args.out}", flush=True)
-    committed = model_quality("shapes-sd", threads=args.threads)
-    new = model_quality(args.out, threads=args.threads)
+    new = model_quality(args.out, threads=args.threads, device=args.device)
+    print(f"retrained: single-object accuracy {new['single']['accuracy']:.2f}% ({new['seconds']:.0f} s)", flush=True)
+    committed = model_quality("shapes-sd", threads=args.threads, device=args.device)
     a, b = _rows(committed), _rows(new)
     print(f"{'measure (%)':<44}{'committed':>10}{'retrained':>10}{'diff':>8}")
     for k in a:

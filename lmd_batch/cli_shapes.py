@@ -30,6 +30,10 @@ def train_cmd(
     attn_from_step: int = typer.Option(300, "--attn-from-step", min=0, help="UNet step the localisation loss starts at."),
     threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
     fp32: bool = typer.Option(False, "--fp32", help="Save fp32 weights (default: fp16, half the size)."),
+    device: str = typer.Option("cpu", "--device", help="torch device to train on ('cpu', 'cuda', 'cuda:1'); "
+                               "random draws stay on CPU generators, so only the arithmetic changes."),
+    workers: int = typer.Option(1, "--workers", min=1, help="Processes rendering training scenes ahead (same "
+                                "scenes, same weights; use the spare cores when training on a GPU)."),
 ):
     """Train the shapes model from scratch: VAE (4x), then CLIP text encoder + UNet with the
     attention-localisation loss; saves a StableDiffusionPipeline folder plus training.json.
@@ -41,7 +45,8 @@ def train_cmd(
     from lmd_batch.shapes.train import train
 
     cfg = TrainConfig(size=size, seed=seed, vae_steps=vae_steps, vae_batch=vae_batch, latents=latents, unet_steps=unet_steps, batch=batch,
-                      attn_weight=attn_weight, attn_from_step=attn_from_step, threads=threads, fp16=not fp32)
+                      attn_weight=attn_weight, attn_from_step=attn_from_step, threads=threads, fp16=not fp32,
+                      device=device, workers=workers)
     with _bars() as (bars, tick):
         metrics = train(cfg, out, log=bars.console.print, progress=tick)
     typer.echo(f"trained in {metrics['vae']['seconds'] + metrics['latents']['seconds'] + metrics['unet']['seconds']:.0f} s "
@@ -82,6 +87,7 @@ def evaluate_cmd(
     seeds: int = typer.Option(4, "--seeds", min=1, help="Seeds per single-object prompt (24 kinds x 2 forms each)."),
     vae_scenes: int = typer.Option(200, "--vae-scenes", min=1, help="Rendered scenes for the VAE measure."),
     threads: int = typer.Option(2, "--threads", min=1, help="torch CPU threads."),
+    device: str = typer.Option("cpu", "--device", help="torch device to generate on ('cpu', 'cuda')."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole result as JSON."),
 ):
     """Measure a trained shapes model on its own (no LMD): VAE reconstructions, plain generation of
@@ -93,7 +99,8 @@ def evaluate_cmd(
     from lmd_batch.shapes.quality import QualitySettings, model_quality
 
     try:
-        q = model_quality(model, QualitySettings(vae_scenes=vae_scenes, seeds=seeds), threads=threads)
+        q = model_quality(model, QualitySettings(vae_scenes=vae_scenes, seeds=seeds), threads=threads,
+                          device=device, workers=workers)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
@@ -124,12 +131,14 @@ class _bars:
                              TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn())
         self.bars.__enter__()
         tasks: dict = {}
+        infos: dict = {}
         console = self.bars.console
 
         def tick(phase, done, total, **losses):
             if phase not in tasks:
                 tasks[phase] = self.bars.add_task(phase, total=total, info="")
-            info = "  ".join(f"{k} {v:.4f}" for k, v in losses.items())
+            info = "  ".join(f"{k} {v:.4f}" for k, v in losses.items()) or infos.get(phase, "")
+            infos[phase] = info  # training reports its losses every few steps only
             self.bars.update(tasks[phase], completed=done, info=info)
             if not console.is_terminal and (done % 100 == 0 or done == total):
                 print(f"{phase} {done}/{total} {info}", flush=True)

@@ -152,3 +152,34 @@ def test_train_gligen_rejects_a_model_that_is_not_a_pipeline(tmp_path):
     res = CliRunner().invoke(app, ["shapes", "train-gligen", "--base", str(tmp_path / "nothing"), "--out",
                                    str(tmp_path / "out"), "--steps", "1"])
     assert res.exit_code != 0 and "not found" in res.output
+
+
+def test_scene_images_in_worker_processes_are_the_rendered_scenes():
+    """The render pool (what keeps a GPU fed) must give exactly image_tensor's pixels, in order."""
+    import torch
+
+    from lmd_batch.shapes.data import SceneImages, image_tensor
+
+    want = image_tensor([sample_scene(100 + i, size=64) for i in range(10)], 64)
+    with SceneImages(64, workers=2, chunk=1) as images:  # 10 chunks > 8 rendered ahead
+        images.prefetch(100, 10)
+        got = torch.cat([images.tensor(100, 3), images.tensor(103, 7)])
+        with pytest.raises(ValueError, match="not prefetched"):
+            images.tensor(500, 2)
+    assert torch.equal(got, want)
+    with SceneImages(64) as inline:  # workers=1: rendered on demand in this process
+        assert torch.equal(inline.tensor(100, 10), want)
+
+
+def test_training_weights_do_not_depend_on_render_workers(tmp_path):
+    """Same seed, same bytes, whether scenes are rendered inline or by a pool of processes."""
+    from lmd_batch.shapes.train import TrainConfig, train
+
+    digests = []
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        train(TrainConfig(vae_steps=2, vae_batch=4, latents=40, unet_steps=3, batch=4, attn_from_step=1, threads=1,
+                          workers=workers), out, log=lambda *a: None)
+        digests.append({f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                        for f in sorted(out.rglob("*.safetensors"))})
+    assert len(digests[0]) == 3 and digests[0] == digests[1]

@@ -135,8 +135,11 @@ def pair_quality(pipe, s: QualitySettings) -> dict:
     return {"images": n, "both_found": round(100.0 * both / max(1, n), 2)}
 
 
-def model_quality(ref: str, settings: QualitySettings | None = None, threads: int | None = None) -> dict:
-    """All three measures for the SD-format shapes model `ref` (built-in name, folder or URL)."""
+def model_quality(ref: str, settings: QualitySettings | None = None, threads: int | None = None,
+                  device: str = "cpu") -> dict:
+    """All three measures for the SD-format shapes model `ref` (built-in name, folder or URL).
+    On `device` "cuda" the noise still comes from CPU generators, so the same model gets the same
+    starting latents as on a CPU; only the arithmetic differs."""
     import time
 
     import torch
@@ -147,8 +150,8 @@ def model_quality(ref: str, settings: QualitySettings | None = None, threads: in
     if threads:
         torch.set_num_threads(threads)
     t0 = time.perf_counter()
-    pipe = load_sd_pipeline(ref, dtype=torch.float32)
-    out = {"model": ref, "settings": s.__dict__, "vae": vae_quality(pipe, s.vae_scenes),
+    pipe = load_sd_pipeline(ref, dtype=torch.float32).to(device)
+    out = {"model": ref, "device": device, "settings": s.__dict__, "vae": vae_quality(pipe, s.vae_scenes),
            "single": single_quality(pipe, s), "pairs": pair_quality(pipe, s)}
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
