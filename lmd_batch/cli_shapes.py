@@ -34,6 +34,9 @@ def train_cmd(
                                "random draws stay on CPU generators, so only the arithmetic changes."),
     workers: int = typer.Option(1, "--workers", min=1, help="Processes rendering training scenes ahead (same "
                                 "scenes, same weights; use the spare cores when training on a GPU)."),
+    checkpoint_every: int = typer.Option(_DEFAULTS.checkpoint_every, "--checkpoint-every", min=0,
+                                         help="Steps between checkpoints in OUT/.checkpoint (0: none); rerunning "
+                                         "the same command resumes from the last one, to the same weights."),
 ):
     """Train the shapes model from scratch: VAE (4x), then CLIP text encoder + UNet with the
     attention-localisation loss; saves a StableDiffusionPipeline folder plus training.json.
@@ -41,14 +44,22 @@ def train_cmd(
     The localisation loss is box supervision on the cross-attention during training (see
     lmd_batch/shapes/train.py): without it a model this small does not localise its attention,
     and LMD's guidance has nothing to grip.
+
+    Interrupted? Run the same command again: it resumes from the last checkpoint in OUT and ends
+    with the same weights as an uninterrupted run.
     """
+    from lmd_batch.errors import UserError
     from lmd_batch.shapes.train import train
 
     cfg = TrainConfig(size=size, seed=seed, vae_steps=vae_steps, vae_batch=vae_batch, latents=latents, unet_steps=unet_steps, batch=batch,
                       attn_weight=attn_weight, attn_from_step=attn_from_step, threads=threads, fp16=not fp32,
-                      device=device, workers=workers)
-    with _bars() as (bars, tick):
-        metrics = train(cfg, out, log=bars.console.print, progress=tick)
+                      device=device, workers=workers, checkpoint_every=checkpoint_every)
+    try:
+        with _bars() as (bars, tick):
+            metrics = train(cfg, out, log=bars.console.print, progress=tick)
+    except UserError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
     typer.echo(f"trained in {metrics['vae']['seconds'] + metrics['latents']['seconds'] + metrics['unet']['seconds']:.0f} s "
                f"-> {out} (load it anywhere a model is named, e.g. diffusion.model: {out})")
 
@@ -100,7 +111,7 @@ def evaluate_cmd(
 
     try:
         q = model_quality(model, QualitySettings(vae_scenes=vae_scenes, seeds=seeds), threads=threads,
-                          device=device, workers=workers)
+                          device=device, workers=workers, checkpoint_every=checkpoint_every)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -183,3 +183,45 @@ def test_training_weights_do_not_depend_on_render_workers(tmp_path):
         digests.append({f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
                         for f in sorted(out.rglob("*.safetensors"))})
     assert len(digests[0]) == 3 and digests[0] == digests[1]
+
+
+@pytest.mark.parametrize("stop_at", [("vae", 3), ("unet", 5)])
+def test_interrupted_training_resumes_to_the_same_bytes(tmp_path, stop_at):
+    """Kill the run after a checkpoint (here: an exception from the progress callback), rerun the
+    same config into the same folder: the weights equal those of an uninterrupted run."""
+    import json
+
+    from lmd_batch.errors import UserError
+    from lmd_batch.shapes.train import TrainConfig, train
+
+    cfg = dict(vae_steps=5, vae_batch=4, latents=40, unet_steps=7, batch=4, attn_from_step=1, threads=1,
+               checkpoint_every=2)
+
+    def digests(out):
+        return {f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+                for f in sorted(out.rglob("*.safetensors"))}
+
+    train(TrainConfig(**cfg), tmp_path / "whole", log=lambda *a: None)
+
+    class Killed(Exception):
+        pass
+
+    def kill(phase, done, total, **_):
+        if (phase, done) == stop_at:
+            raise Killed
+
+    out = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        train(TrainConfig(**cfg), out, log=lambda *a: None, progress=kill)
+    state = json.loads((out / ".checkpoint" / "state.json").read_text())
+    assert (state["phase"], state["step"]) == (stop_at[0], 2 if stop_at[0] == "vae" else 4)
+    with pytest.raises(UserError, match="other settings"):  # a changed setting does not resume silently
+        train(TrainConfig(**(cfg | {"lr": 1e-3})), out, log=lambda *a: None)
+    logs = []
+    train(TrainConfig(**(cfg | {"workers": 2})), out, log=logs.append)
+    assert any("resuming" in line for line in logs)
+    assert not (out / ".checkpoint").exists()
+    assert digests(out) == digests(tmp_path / "whole") and len(digests(out)) == 3
+    whole = json.loads((tmp_path / "whole" / "training.json").read_text())
+    resumed = json.loads((out / "training.json").read_text())
+    assert [h["mse"] for h in resumed["unet"]["history"]] == [h["mse"] for h in whole["unet"]["history"]]
