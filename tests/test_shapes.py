@@ -171,37 +171,34 @@ def test_scene_images_in_worker_processes_are_the_rendered_scenes():
         assert torch.equal(inline.tensor(100, 10), want)
 
 
-def test_training_weights_do_not_depend_on_render_workers(tmp_path):
-    """Same seed, same bytes, whether scenes are rendered inline or by a pool of processes."""
+RESUME_CFG = dict(vae_steps=5, vae_batch=4, latents=40, unet_steps=7, batch=4, attn_from_step=1, threads=1,
+                  checkpoint_every=2)
+
+
+def _weight_digests(out):
+    return {f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
+            for f in sorted(out.rglob("*.safetensors"))}
+
+
+@pytest.fixture(scope="module")
+def whole_training_run(tmp_path_factory):
+    """One uninterrupted tiny training run (scenes rendered inline, workers=1)."""
     from lmd_batch.shapes.train import TrainConfig, train
 
-    digests = []
-    for workers in (1, 2):
-        out = tmp_path / f"w{workers}"
-        train(TrainConfig(vae_steps=2, vae_batch=4, latents=40, unet_steps=3, batch=4, attn_from_step=1, threads=1,
-                          workers=workers), out, log=lambda *a: None)
-        digests.append({f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-                        for f in sorted(out.rglob("*.safetensors"))})
-    assert len(digests[0]) == 3 and digests[0] == digests[1]
+    out = tmp_path_factory.mktemp("whole")
+    train(TrainConfig(**RESUME_CFG), out, log=lambda *a: None)
+    return out
 
 
 @pytest.mark.parametrize("stop_at", [("vae", 3), ("unet", 5)])
-def test_interrupted_training_resumes_to_the_same_bytes(tmp_path, stop_at):
+def test_interrupted_training_resumes_to_the_same_bytes(tmp_path, stop_at, whole_training_run):
     """Kill the run after a checkpoint (here: an exception from the progress callback), rerun the
-    same config into the same folder: the weights equal those of an uninterrupted run."""
+    same config into the same folder with 2 render workers: the weights equal those of the
+    uninterrupted inline run (so neither resuming nor the render pool changes a byte)."""
     import json
 
     from lmd_batch.errors import UserError
     from lmd_batch.shapes.train import TrainConfig, train
-
-    cfg = dict(vae_steps=5, vae_batch=4, latents=40, unet_steps=7, batch=4, attn_from_step=1, threads=1,
-               checkpoint_every=2)
-
-    def digests(out):
-        return {f.relative_to(out).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-                for f in sorted(out.rglob("*.safetensors"))}
-
-    train(TrainConfig(**cfg), tmp_path / "whole", log=lambda *a: None)
 
     class Killed(Exception):
         pass
@@ -212,16 +209,17 @@ def test_interrupted_training_resumes_to_the_same_bytes(tmp_path, stop_at):
 
     out = tmp_path / "resumed"
     with pytest.raises(Killed):
-        train(TrainConfig(**cfg), out, log=lambda *a: None, progress=kill)
+        train(TrainConfig(**RESUME_CFG), out, log=lambda *a: None, progress=kill)
     state = json.loads((out / ".checkpoint" / "state.json").read_text())
     assert (state["phase"], state["step"]) == (stop_at[0], 2 if stop_at[0] == "vae" else 4)
     with pytest.raises(UserError, match="other settings"):  # a changed setting does not resume silently
-        train(TrainConfig(**(cfg | {"lr": 1e-3})), out, log=lambda *a: None)
+        train(TrainConfig(**(RESUME_CFG | {"lr": 1e-3})), out, log=lambda *a: None)
     logs = []
-    train(TrainConfig(**(cfg | {"workers": 2})), out, log=logs.append)
+    train(TrainConfig(**(RESUME_CFG | {"workers": 2})), out, log=logs.append)
     assert any("resuming" in line for line in logs)
     assert not (out / ".checkpoint").exists()
-    assert digests(out) == digests(tmp_path / "whole") and len(digests(out)) == 3
-    whole = json.loads((tmp_path / "whole" / "training.json").read_text())
+    want = _weight_digests(whole_training_run)
+    assert _weight_digests(out) == want and len(want) == 3
+    whole = json.loads((whole_training_run / "training.json").read_text())
     resumed = json.loads((out / "training.json").read_text())
     assert [h["mse"] for h in resumed["unet"]["history"]] == [h["mse"] for h in whole["unet"]["history"]]
