@@ -111,7 +111,7 @@ def evaluate_cmd(
 
     try:
         q = model_quality(model, QualitySettings(vae_scenes=vae_scenes, seeds=seeds), threads=threads,
-                          device=device, workers=workers, checkpoint_every=checkpoint_every)
+                          device=device)
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(exc.exit_code) from None
