@@ -51,10 +51,16 @@ def group_masks(scene: Scene, side: int):
 def image_tensor(scenes, size: int):
     """(N, 3, size, size) float in [-1, 1] of rendered scenes."""
     import numpy as np
+
+    return _as_tensor(np.stack([render(s, size)[0] for s in scenes]))
+
+
+def _as_tensor(images):
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1]: the one conversion every training image takes."""
+    import numpy as np
     import torch
 
-    arr = np.stack([render(s, size)[0] for s in scenes]).astype(np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(images.astype(np.float32) / 127.5 - 1.0).permute(0, 3, 1, 2).contiguous()
 
 
 def _render_seeds(job: tuple[int, int, int]):
@@ -111,7 +117,6 @@ class SceneImages:
         """(n, 3, size, size) float in [-1, 1], as `image_tensor` of the same scenes gives. With a
         pool, the seeds must lie in prefetched ranges, asked for in order."""
         import numpy as np
-        import torch
 
         if self._pool is None:
             arr = _render_seeds((first, n, self.size))
@@ -128,5 +133,4 @@ class SceneImages:
                     self._fill()
                 first = hi
             arr = np.concatenate(parts)
-        arr = arr.astype(np.float32) / 127.5 - 1.0
-        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+        return _as_tensor(arr)
