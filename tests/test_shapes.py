@@ -223,3 +223,33 @@ def test_interrupted_training_resumes_to_the_same_bytes(tmp_path, stop_at, whole
     whole = json.loads((whole_training_run / "training.json").read_text())
     resumed = json.loads((out / "training.json").read_text())
     assert [h["mse"] for h in resumed["unet"]["history"]] == [h["mse"] for h in whole["unet"]["history"]]
+
+
+def test_checkpoint_saves_aliased_tensors_and_restores_them(tmp_path):
+    """Right after a loss-history row the UNet phase's two loss sums were one zeros tensor, and
+    safetensors refuses aliased entries: the default run crashed at its first UNet checkpoint
+    (step 200; the tiny resume runs above never checkpoint on a history row)."""
+    import torch
+
+    from lmd_batch.shapes import checkpoint
+    from lmd_batch.shapes.train import TrainConfig
+
+    cfg = TrainConfig(**RESUME_CFG)
+    model = torch.nn.Linear(3, 2)
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    model(torch.ones(1, 3)).sum().backward()
+    opt.step()
+    gen = torch.Generator().manual_seed(5)
+    zero = torch.zeros((), dtype=torch.float64)
+    checkpoint.save(tmp_path, cfg, "unet", 200, {"m": model}, {"m": opt}, gen, {"unet_history": []},
+                    extra={"sum_mse": zero, "sum_attn": zero})
+    state = checkpoint.load(tmp_path, cfg)
+    assert (state["phase"], state["step"]) == ("unet", 200)
+    assert torch.equal(state["tensors"]["extra.sum_mse"], zero) and torch.equal(state["tensors"]["extra.sum_attn"], zero)
+    fresh = torch.nn.Linear(3, 2)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), 1e-3)
+    fresh_gen = torch.Generator()
+    checkpoint.restore(state, {"m": fresh}, {"m": fresh_opt}, fresh_gen)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), model.state_dict().values()))
+    assert torch.equal(fresh_opt.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(fresh_gen.get_state(), gen.get_state())

@@ -50,7 +50,7 @@ def save(out: Path, cfg, phase: str, step: int, modules: dict, opts: dict, gen, 
     tmp = out / f"{FOLDER}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(tensors, str(tmp / "tensors.safetensors"))
+    save_file(_unshared(tensors), str(tmp / "tensors.safetensors"))
     (tmp / "state.json").write_text(json.dumps({"config": _comparable(cfg), "phase": phase, "step": step,
                                                 "metrics": metrics}, indent=1))
     old = out / f"{FOLDER}.old-{os.getpid()}"
@@ -58,6 +58,18 @@ def save(out: Path, cfg, phase: str, step: int, modules: dict, opts: dict, gen, 
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _unshared(tensors: dict) -> dict:
+    """Copy any tensor whose memory another entry already uses: safetensors refuses aliased tensors
+    (the UNet phase's two loss sums are one zeros tensor right after each history row)."""
+    seen: set[int] = set()
+    out = {}
+    for key, value in tensors.items():
+        ptr = value.untyped_storage().data_ptr()
+        out[key] = value.clone() if ptr in seen and value.numel() else value
+        seen.add(ptr)
+    return out
 
 
 def load(out: Path, cfg) -> dict | None:
