@@ -62,7 +62,8 @@ def save(out: Path, cfg, phase: str, step: int, modules: dict, opts: dict, gen, 
 
 def _unshared(tensors: dict) -> dict:
     """Copy any tensor whose memory another entry already uses: safetensors refuses aliased tensors
-    (the UNet phase's two loss sums are one zeros tensor right after each history row)."""
+    (the UNet phase's two loss sums are one zeros tensor right after each history row, and a
+    model with tied weights would be the same)."""
     seen: set[int] = set()
     out = {}
     for key, value in tensors.items():

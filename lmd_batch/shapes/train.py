@@ -132,13 +132,6 @@ def attention_loss(maps: dict, masks, positions, valid):
     return total / max(n, 1)
 
 
-def _zero_sums(dev):
-    """Two separate zero loss sums (one shared tensor would be two aliased entries in a checkpoint)."""
-    import torch
-
-    return (torch.zeros((), dtype=torch.float64, device=dev), torch.zeros((), dtype=torch.float64, device=dev))
-
-
 def _losses(step: int, steps: int, **values) -> dict:
     """Loss values for the progress callback every 25th step only: reading a value waits for the
     device, and a wait every step would keep a GPU idle half the time on models this small."""
@@ -263,7 +256,7 @@ def _train(cfg: TrainConfig, out, log, progress, stack) -> dict:
     ema_u, ema_t = copy.deepcopy(unet).eval(), copy.deepcopy(te).eval()
     ema_p = list(ema_u.parameters()) + list(ema_t.parameters())
     history = []
-    sum_mse, sum_attn = _zero_sums(dev)  # read each 100 steps: no GPU wait a step
+    sum_mse = sum_attn = torch.zeros((), dtype=torch.float64, device=dev)  # read each 100 steps: no GPU wait a step
     unet_start = 0
     modules = {"vae": vae, "unet": unet, "te": te, "ema_u": ema_u, "ema_t": ema_t}
     if saved and saved["phase"] == "unet":
@@ -303,7 +296,7 @@ def _train(cfg: TrainConfig, out, log, progress, stack) -> dict:
             k = (step % 100) + 1
             history.append({"step": step + 1, "mse": round(float(sum_mse) / k, 5), "attn": round(float(sum_attn) / k, 4),
                             "seconds": round(time.perf_counter() - t0, 1)})
-            sum_mse, sum_attn = _zero_sums(dev)
+            sum_mse = sum_attn = torch.zeros((), dtype=torch.float64, device=dev)
         tick("unet", step + 1, cfg.unet_steps, **_losses(step, cfg.unet_steps, mse=mse, attn=attn))
         if due(step, cfg.unet_steps):
             checkpoint.save(out, cfg, "unet", step + 1, modules, {"unet": opt}, gen, metrics | {"unet_history": history},
